@@ -46,6 +46,17 @@ def init_distributed() -> None:
     jax.distributed.initialize()
 
 
+def parse_flags(argv):
+  """absl flag parsing with a readable error for a bad ``--config.x.y=v`` override."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError, flags.Error) as e:
+    bad = [a for a in argv[1:] if a.startswith("--config.")]
+    msg = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
+    print(f"error: bad config override {' '.join(bad)}: unknown key {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv) -> None:
   del argv
   setup_logging()
@@ -61,4 +72,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

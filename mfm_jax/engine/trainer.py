@@ -255,6 +255,7 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
         writer.write_scalars(step, res)
         summary["evals"].append({"step": step, **res})
         if jax.process_index() == 0:
+          writer_lib.append_eval_json(workdir, {"step": step, **res})
           print(f"eval @ {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()
                                                if isinstance(v, (int, float))), flush=True)
         progress.resume()

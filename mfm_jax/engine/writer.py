@@ -78,6 +78,21 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def append_eval_json(workdir: str, row: Mapping[str, Any]) -> str:
+  """Adds one evaluation to ``workdir/eval.json`` (a list, one entry per evaluated step)."""
+  path = os.path.join(workdir, "eval.json")
+  rows = []
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      rows = [r for r in json.load(f) if r.get("step") != row.get("step")]
+  rows.append({k: _scalar(v) for k, v in row.items()})
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(sorted(rows, key=lambda r: r["step"]), f, indent=2)
+  os.replace(tmp, path)
+  return path
+
+
 def plot_curves(workdir: str, keys=("train/loss",), out_name: str = "loss.png") -> str | None:
   """Plots the logged curves of ``keys`` into ``workdir/out_name``; returns its path."""
   rows = read_metrics(workdir)
