@@ -42,7 +42,7 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict(dict(
       name="world_video", builder_config="small", data_dir=None, num_frames=a.frames,
-      resolution=a.res, max_text_len=96, worker_count=0))
+      resolution=a.res, max_text_len=384, worker_count=0))   # captions: <= 335 bytes
 
   c.model = ml_collections.ConfigDict(dict(
       variant=a.variant, width=0, depth=0, num_heads=0,   # 0: from the variant table
@@ -58,7 +58,7 @@ def get_config(arg=None):
       num_inference_steps=20, guidance_scale=2.0, guidance_rescale=0.0, shift=1.0,
       timestep_spacing="trailing"))
 
-  c.eval = ml_collections.ConfigDict(dict(num_videos=8, split="validation", gif_cols=4))
+  c.eval = ml_collections.ConfigDict(dict(num_videos=8, split="validation", gif_cols=2))
 
   if a.smoke:
     c.total_steps = 6
@@ -69,7 +69,7 @@ def get_config(arg=None):
     c.checkpoint.every = 3
     c.optimizer.warmup_steps = 2
     c.data.builder_config = "smoke"
-    c.data.num_frames, c.data.resolution = 4, 16
+    c.data.num_frames, c.data.resolution, c.data.max_text_len = 4, 16, 128
     c.model.variant = "XS/4"
     c.model.width, c.model.depth, c.model.num_heads = 32, 2, 2
     c.model.text = dict(width=32, depth=1, num_heads=2)

@@ -7,7 +7,11 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import tempfile  # noqa: E402
 import pathlib  # noqa: E402
+
+# The procedural world is built on first use; tests build it in a fresh folder unless told where.
+os.environ.setdefault("MFM_JAX_DATA_DIR", os.path.join(tempfile.mkdtemp(prefix="mfm_jax_"), "tfds"))
 import sys  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -137,7 +137,7 @@ class VideoDiffusionTask(Task):
                                                     noise)))
     gt = {k: np.stack([ex[k] for ex in examples]) for k in ("centers", "colors", "obj_mask")}
     err = trajectory.trajectory_error_batch(videos, gt["centers"], gt["colors"], gt["obj_mask"])
-    truth = np.stack([ex["video"] for ex in examples]).astype(np.float32) / 127.5 - 1.0
+    truth = np.stack([ex["video"] for ex in examples])  # float in [-1, 1], as the model sees it
     gt_err = trajectory.trajectory_error_batch(truth, gt["centers"], gt["colors"], gt["obj_mask"])
     results = {"eval/trajectory_error": float(err["error"]),
                "eval/trajectory_error_px64": float(err["error_px64"]),
@@ -149,7 +149,7 @@ class VideoDiffusionTask(Task):
         cells += [truth[i], videos[i]]
         labels += [f"real: {captions[i]}", f"sample (err {err['per_video'][i]:.3f})"]
       path = os.path.join(workdir, "samples", f"step_{step:06d}.gif")
-      visualize.write_video_grid(path, cells, labels, cols=2 * min(e.gif_cols, 4) // 2 * 2 or 2,
+      visualize.write_video_grid(path, cells, labels, cols=2 * e.gif_cols,
                                  scale=max(1, 128 // self.video_shape[1]))
       with open(os.path.join(workdir, "samples", f"step_{step:06d}.json"), "w") as f:
         json.dump({"step": step, "captions": captions, **results,

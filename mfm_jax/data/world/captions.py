@@ -1,0 +1,142 @@
+"""Captions of world clips, in image terms.
+
+Each object gets one clause with its size, colour and shape, its coarse start
+position in the image (a 3x3 grid: "at the top left", "in the center", ...),
+the image direction of its first lasting motion ("moves down-left", "stays
+still"; see `first_motion`) and the event that ends it ("then hits the blue
+cube", "then hits a wall"). Clauses are joined by "; ", e.g.
+
+  "a large red sphere starts at the top left and rolls right, then hits the
+  small blue cube; a small blue cube in the center stays still."
+
+Template variety (verbs, clause form) is drawn from a generator seeded by the
+clip seed, so captions are deterministic by seed. Colours are unique within a
+clip, so "the blue cube" always names one object.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mfm_jax.data.world import sim
+
+_ROWS = ("top", "", "bottom")
+_COLS = ("left", "", "right")
+# Eight image directions, counter-clockwise from "right" (image y points down).
+_DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left",
+               "down", "down-right")
+_VERBS = {sim.SPHERE: ("moves", "rolls"), sim.CUBE: ("moves", "slides")}
+_STILL = ("stays still", "does not move", "rests")
+# Image speeds (normalised units / second) below this are "still".
+STILL_SPEED = 1e-3
+
+
+def region(xy) -> str:
+  """Coarse 3x3 image region of a normalised (x, y) point, e.g. 'top left'."""
+  col = _COLS[min(int(xy[0] * 3), 2) if xy[0] > 0 else 0]
+  row = _ROWS[min(int(xy[1] * 3), 2) if xy[1] > 0 else 0]
+  return " ".join(w for w in (row, col) if w) or "center"
+
+
+def region_phrase(xy) -> str:
+  """'at the top left', 'on the left', 'at the top', 'in the center'."""
+  name = region(xy)
+  if name == "center":
+    return "in the center"
+  if name in ("left", "right"):
+    return f"on the {name}"
+  return f"at the {name}"
+
+
+def direction(dxy) -> str:
+  """One of 8 image directions for a displacement (dx, dy), y down."""
+  angle = np.degrees(np.arctan2(-dxy[1], dxy[0])) % 360.0
+  return _DIRECTIONS[int(np.round(angle / 45.0)) % 8]
+
+
+def object_name(scene: sim.Scene, i: int, with_size: bool = True) -> str:
+  """E.g. 'large red sphere'."""
+  obj = scene.objects
+  words = [sim.SIZE_NAMES[obj.size[i]]] if with_size else []
+  words += [sim.COLOR_NAMES[obj.color[i]], sim.SHAPE_NAMES[obj.shape[i]]]
+  return " ".join(words)
+
+
+def _object_events(scene: sim.Scene, i: int) -> list[sim.Event]:
+  return [e for e in scene.events
+          if e.i == i or (e.kind == "collision" and e.j == i)]
+
+
+def first_motion(scene: sim.Scene, i: int, min_frames: float = 2.0
+                 ) -> tuple[int, sim.Event | None]:
+  """Object i's first lasting motion: a frame showing it, and its end event.
+
+  Object i moves at constant velocity between its events. The described
+  segment is the first lasting >= min_frames frames (else the longest), so
+  that a bounce in the first instant does not set the caption's direction.
+
+  Returns:
+    (frame whose velocity is the segment's, event ending it or None).
+  """
+  fps = scene.spec.fps
+  events = _object_events(scene, i)
+  bounds = [0.0] + [e.time for e in events] + [(scene.spec.num_frames - 1)
+                                               / fps]
+  lengths = np.diff(bounds)
+  lasting = np.flatnonzero(lengths >= min_frames / fps - 1e-9)
+  seg = int(lasting[0]) if len(lasting) else int(np.argmax(lengths))
+  frame = 0 if seg == 0 else int(np.floor(bounds[seg] * fps + 1e-9)) + 1
+  frame = min(frame, scene.spec.num_frames - 1)
+  return frame, (events[seg] if seg < len(events) else None)
+
+
+def _event_name(scene: sim.Scene, i: int, event: sim.Event | None) -> str:
+  """'the green cube', 'a wall' or '' for what ends object i's motion."""
+  if event is None:
+    return ""
+  if event.kind == "wall":
+    return "a wall"
+  other = event.j if event.i == i else event.i
+  return f"the {object_name(scene, other, with_size=False)}"
+
+
+def describe(scene: sim.Scene, centers: np.ndarray,
+             image_velocity: np.ndarray) -> str:
+  """The caption of a clip.
+
+  Args:
+    scene: the simulated scene (its seed picks the templates).
+    centers: [T, K, 2] normalised image centres (x, y) of the objects.
+    image_velocity: [T, K, 2] image velocity (normalised units / s).
+
+  Returns:
+    The caption, one clause per object in object order.
+  """
+  rng = np.random.default_rng([scene.seed, 7])
+  clauses = []
+  for i in np.flatnonzero(scene.mask):
+    name = object_name(scene, i)
+    where = region_phrase(centers[0, i])
+    form = int(rng.integers(0, 2))
+    frame, event = first_motion(scene, int(i))
+    hit = _event_name(scene, int(i), event)
+    if np.hypot(*image_velocity[frame, i]) < STILL_SPEED:
+      if event is not None and event.kind == "collision":
+        clauses.append(f"a {name} rests {where} until {hit} hits it")
+        continue
+      still = _STILL[int(rng.integers(0, len(_STILL)))]
+      if still == "rests":
+        clauses.append(f"a {name} rests {where}")
+      else:
+        clauses.append(f"a {name} {where} {still}")
+      continue
+    verbs = _VERBS[int(scene.objects.shape[i])]
+    verb = verbs[int(rng.integers(0, len(verbs)))]
+    way = direction(image_velocity[frame, i])
+    if form == 0:
+      clause = f"a {name} starts {where} and {verb} {way}"
+    else:
+      clause = f"a {name} {where} {verb} {way}"
+    if hit:
+      clause += f", then hits {hit}"
+    clauses.append(clause)
+  return "; ".join(clauses) + "."

@@ -1,0 +1,1 @@
+"""Evaluation metrics and benchmark harnesses (no trainer imports)."""
