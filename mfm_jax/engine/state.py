@@ -32,11 +32,18 @@ class TrainState:
                nonfinite_count=jnp.zeros((), jnp.int32))
 
 
+def unbox_abstract(tree: Any) -> Any:
+  """Unboxes ``nn.Partitioned`` leaves without a sharding constraint (safe outside jit)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
+                      is_leaf=is_box)
+
+
 def param_logical_specs(init_fn: Callable[[jax.Array], Any], rng: jax.Array) -> tuple[Any, Any]:
   """``(abstract unboxed params, tree of logical PartitionSpecs)`` from a boxed init function."""
   boxed = jax.eval_shape(init_fn, rng)
   specs = nn.get_partition_spec(boxed)
-  return nn.meta.unbox(boxed), specs
+  return unbox_abstract(boxed), specs
 
 
 def state_shardings(abstract_state: TrainState, tx, param_specs: Any, mesh, rules) -> TrainState:

@@ -170,7 +170,7 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
   summary: dict[str, Any] = {"evals": []}
 
   with mesh, nn.logical_axis_rules(rules), _Signals() as signals:
-    abstract_params = nn.meta.unbox(jax.eval_shape(task.init, init_rng))
+    abstract_params = state_lib.unbox_abstract(jax.eval_shape(task.init, init_rng))
     trainable = task.trainable_mask(abstract_params)
     tx, schedule = optim.make_optimizer(config.optimizer, total, trainable)
     n_params = optim.count_params(abstract_params)
