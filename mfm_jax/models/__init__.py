@@ -1,0 +1,1 @@
+"""Flax (Linen) model families; shared blocks live in ``layers``."""
