@@ -206,8 +206,12 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
       raise ValueError(f"config.nonfinite_policy={policy!r}: use 'stop' or 'skip'")
     log_every, ckpt_every = int(config.log_every), int(config.checkpoint.every)
     eval_every = int(config.get("eval_every", 0))
-    metrics = None
+    metrics = pending = None
     t_compile = None
+
+    def check_finite(at_step, step_metrics):
+      if int(jax.device_get(step_metrics["train/nonfinite"])):
+        raise NonFiniteError(_nonfinite_message(at_step, jax.device_get(step_metrics), param_names))
 
     def save(at_step):
       progress.pause()
@@ -236,8 +240,16 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
         summary["first_step_sec"] = t_compile
         log.info("first step (compile + run) took %.1f s", t_compile)
         progress.start(step)
-      if policy == "stop" and int(jax.device_get(metrics["train/nonfinite"])):
-        raise NonFiniteError(_nonfinite_message(step, jax.device_get(metrics), param_names))
+      # 'stop': check the previous step's flag now that the next step is queued (no stall), and
+      # this step's before anything is logged, saved or evaluated.
+      if policy == "stop" and pending is not None:
+        check_finite(*pending)
+      pending = (step, metrics)
+      boundary = (step % log_every == 0 or step % ckpt_every == 0 or step == total
+                  or (eval_every and step % eval_every == 0))
+      if policy == "stop" and boundary:
+        check_finite(*pending)
+        pending = None
       if step % log_every == 0 or step == total:
         m = {k: v for k, v in jax.device_get(metrics).items() if k != "nonfinite_leaves"}
         rates = progress.rates(step)

@@ -4,6 +4,11 @@
 CLIP-style text tower will fill later: same call signature ``(ids, mask) -> (tokens, pooled)``,
 same shapes, so a task can swap one for the other without touching the diffusion model.
 
+Byte patches (attribute ``patch``): with ``patch = p > 1`` the embeddings of p consecutive ids are
+concatenated and projected to one token (as a ViT patchifies pixels), so a byte-level caption of L
+ids becomes L/p tokens and every later cost (self-attention here, cross-attention in the DiT) drops
+by p or p^2. The returned tokens then match :func:`patch_mask` ``(mask, p)``, not ``mask``.
+
 Pooling (attribute ``pooling``):
   * ``"mean"`` (default): mean of the final-normed token features over real tokens
     (``mask == True``); an all-padding row pools to zeros.
@@ -21,6 +26,16 @@ import jax.numpy as jnp
 from mfm_jax.models import layers
 
 
+def patch_mask(mask: jax.Array, patch: int) -> jax.Array:
+  """``[B, L]`` id mask -> ``[B, L/patch]`` token mask (a token is real if any of its ids is)."""
+  if patch == 1:
+    return mask.astype(bool)
+  b, l = mask.shape
+  if l % patch:
+    raise ValueError(f"TextEncoder(patch={patch}): sequence length {l} is not divisible by it")
+  return mask.astype(bool).reshape(b, l // patch, patch).any(-1)
+
+
 class TextEncoder(nn.Module):
   """Pre-LN transformer over token ids with learned absolute positions.
 
@@ -31,6 +46,7 @@ class TextEncoder(nn.Module):
     causal: causal self-attention (GPT / CLIP text style) instead of bidirectional.
     pooling: ``"mean"`` or ``"last"`` (see the module docstring).
     remat_policy: ``none | full | dots | dots_no_batch`` (see ``layers.remat``).
+    patch: ids merged into one token (see the module docstring).
   """
   vocab_size: int
   width: int = 512
@@ -44,6 +60,7 @@ class TextEncoder(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   flat: bool = True
+  patch: int = 1
 
   @nn.compact
   def __call__(self, ids: jax.Array,
@@ -55,7 +72,8 @@ class TextEncoder(nn.Module):
       mask: [B, L] bool, True = real token (default: all real). Padded keys are never attended.
 
     Returns:
-      tokens: [B, L, D] final-normed token features (padded positions hold values, ignore them).
+      tokens: [B, L/patch, D] final-normed token features (padded positions hold values, ignore
+        them); their mask is ``patch_mask(mask, patch)``.
       pooled: [B, D].
     """
     b, l = ids.shape
@@ -69,7 +87,13 @@ class TextEncoder(nn.Module):
     pos = self.param("pos_embedding", layers.named(nn.initializers.normal(0.01),
                                                    (None, "embed")),
                      (self.max_len, self.width), self.param_dtype)
-    x = jnp.take(emb, ids, axis=0) + pos[None, :l]
+    x = jnp.take(emb, ids, axis=0)
+    if self.patch > 1:
+      mask = patch_mask(mask, self.patch)
+      l //= self.patch
+      x = layers.Dense(self.width, (None, "embed"), dtype=self.dtype, param_dtype=self.param_dtype,
+                       flat=self.flat, name="patch_proj")(x.reshape(b, l, -1))
+    x = x + pos[None, :l]
     x = layers.constrain(x.astype(self.dtype), ("batch", "length", "embed"))
     block = layers.remat(layers.EncoderBlock, self.remat_policy)
     for i in range(self.depth):

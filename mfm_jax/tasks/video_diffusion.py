@@ -45,7 +45,8 @@ class VideoDiffusionTask(Task):
     t = m.text
     self.text = text_lib.TextEncoder(vocab_size=self.tokenizer.vocab_size, width=t["width"],
                                      depth=t["depth"], num_heads=t["num_heads"],
-                                     max_len=d.max_text_len, dtype=DTYPES[m.dtype])
+                                     max_len=d.max_text_len, patch=t.get("patch", 1),
+                                     dtype=DTYPES[m.dtype])
     null_ids, null_mask = self.tokenizer.encode([""])
     self.null_ids, self.null_mask = jnp.asarray(null_ids), jnp.asarray(null_mask)
 
@@ -57,7 +58,8 @@ class VideoDiffusionTask(Task):
     text_params = self.text.init(r1, ids, mask)["params"]
     tokens, pooled = jax.eval_shape(lambda: self.text.apply({"params": text_params}, ids, mask))
     dit_params = self.dit.init(r2, jnp.zeros((1,) + self.video_shape), jnp.zeros((1,)),
-                               jnp.zeros(tokens.shape), mask, jnp.zeros(pooled.shape))["params"]
+                               jnp.zeros(tokens.shape), jnp.ones(tokens.shape[:2], bool),
+                               jnp.zeros(pooled.shape))["params"]
     return {"text": text_params, "dit": dit_params}
 
   def encode_text(self, params, ids, mask):
@@ -66,7 +68,8 @@ class VideoDiffusionTask(Task):
   def denoiser(self, params, ids, mask):
     """``model_fn(x, t)`` for the diffusion code, with the text encoded once."""
     tokens, pooled = self.encode_text(params, ids, mask)
-    return lambda x, t: self.dit.apply({"params": params["dit"]}, x, t, tokens, mask, pooled)
+    tmask = text_lib.patch_mask(mask, self.text.patch)
+    return lambda x, t: self.dit.apply({"params": params["dit"]}, x, t, tokens, tmask, pooled)
 
   def _diffusion_kwargs(self):
     c = self.config.diffusion
@@ -95,8 +98,10 @@ class VideoDiffusionTask(Task):
 
   def flops_per_example(self):
     t = self.config.model.text
-    lt = self.config.data.max_text_len
-    text_flops = t["depth"] * (24 * lt * t["width"] ** 2 + 4 * lt * lt * t["width"])
+    p = t.get("patch", 1)
+    lt = self.config.data.max_text_len // p
+    text_flops = 2 * lt * p * t["width"] ** 2 if p > 1 else 0   # byte-patch projection
+    text_flops += t["depth"] * (24 * lt * t["width"] ** 2 + 4 * lt * lt * t["width"])
     return float(dit_lib.flops_per_example(video_shape=self.video_shape, text_len=lt,
                                            text_dim=t["width"], **self.dit_args) + text_flops)
 

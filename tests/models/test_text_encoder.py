@@ -90,3 +90,21 @@ def test_sharded_equals_unsharded():
   assert sharded["embedding"].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
   for a, b in zip(out, ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_byte_patches_merge_ids_into_tokens():
+  from mfm_jax.models import text as text_lib
+  enc = text_lib.TextEncoder(vocab_size=259, width=16, depth=1, num_heads=2, max_len=12, patch=4)
+  ids = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 12)), jnp.int32)
+  mask = jnp.asarray([[1] * 5 + [0] * 7, [1] * 12], bool)
+  params = enc.init(jax.random.key(0), ids, mask)["params"]
+  tokens, pooled = enc.apply({"params": params}, ids, mask)
+  assert tokens.shape == (2, 3, 16) and pooled.shape == (2, 16)
+  np.testing.assert_array_equal(text_lib.patch_mask(mask, 4), [[1, 1, 0], [1, 1, 1]])
+  # Ids in a fully padded patch change nothing; ids in a partly real patch do.
+  t2, p2 = enc.apply({"params": params}, ids.at[0, 9].set(7), mask)
+  np.testing.assert_allclose(p2, pooled, atol=1e-6)
+  t3, p3 = enc.apply({"params": params}, ids.at[0, 6].set(7), mask)
+  assert np.abs(np.asarray(p3 - pooled)).max() > 1e-4
+  with pytest.raises(ValueError, match="not divisible"):
+    text_lib.patch_mask(jnp.ones((1, 10), bool), 4)
