@@ -39,6 +39,7 @@ def get_config(arg=None):
   c.optimizer.end_lr_factor = 0.1
   c.optimizer.weight_decay = 0.0
   c.optimizer.clip_norm = 1.0
+  c.optimizer.ema_decay = 0.99           # evaluations sample with the EMA params
 
   c.data = ml_collections.ConfigDict(dict(
       name="world_video", builder_config="small", data_dir=None, num_frames=a.frames,
@@ -54,8 +55,9 @@ def get_config(arg=None):
       objective="flow",                 # flow | epsilon | v_prediction | sample
       num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
       beta_end=0.012, cond_dropout=0.1,
+      time_sampling="logit_normal",     # flow only: uniform | logit_normal (SD3)
       sampler="flow_euler",             # flow_euler for flow; ddim | euler | ... otherwise
-      num_inference_steps=20, guidance_scale=2.0, guidance_rescale=0.0, shift=1.0,
+      num_inference_steps=30, guidance_scale=2.0, guidance_rescale=0.0, shift=1.0,
       timestep_spacing="trailing"))
 
   c.eval = ml_collections.ConfigDict(dict(num_videos=8, split="validation", gif_cols=2))

@@ -43,7 +43,9 @@ class VideoDiffusionTask(Task):
     self.dit = dit_lib.VideoDiT(**self.dit_args, scan_blocks=m.scan_blocks,
                                 remat_policy=m.remat_policy, dtype=DTYPES[m.dtype], flat=m.flat)
     t = m.text
-    self.text = text_lib.TextEncoder(vocab_size=self.tokenizer.vocab_size, width=t["width"],
+    # The embedding table is padded to a multiple of 128 rows so that it shards over `tensor`.
+    vocab = -(-self.tokenizer.vocab_size // 128) * 128
+    self.text = text_lib.TextEncoder(vocab_size=vocab, width=t["width"],
                                      depth=t["depth"], num_heads=t["num_heads"],
                                      max_len=d.max_text_len, patch=t.get("patch", 1),
                                      dtype=DTYPES[m.dtype])
@@ -76,6 +78,11 @@ class VideoDiffusionTask(Task):
     return dict(num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule,
                 beta_start=c.beta_start, beta_end=c.beta_end)
 
+  def _loss_kwargs(self):
+    c = self.config.diffusion
+    extra = {"time_sampling": c.time_sampling} if c.objective == "flow" else {}
+    return {**self._diffusion_kwargs(), **extra}
+
   def loss(self, params, batch, rng):
     r_drop, r_noise = jax.random.split(rng)
     b = batch["video"].shape[0]
@@ -84,7 +91,7 @@ class VideoDiffusionTask(Task):
     ids, mask = guidance.drop_condition(r_drop, (batch["text_ids"], batch["text_mask"]), null,
                                         self.config.diffusion.cond_dropout)
     per_ex, aux = objectives.loss(self.denoiser(params, ids, mask), batch["video"], r_noise,
-                                  self.config.diffusion.objective, **self._diffusion_kwargs())
+                                  self.config.diffusion.objective, **self._loss_kwargs())
     del b, aux
     loss = jnp.mean(per_ex)
     return loss, {"train/diffusion_loss": loss}
@@ -93,7 +100,7 @@ class VideoDiffusionTask(Task):
     # Fixed noise per eval batch (rng is the batch index) and no condition dropout.
     per_ex, _ = objectives.loss(self.denoiser(params, batch["text_ids"], batch["text_mask"]),
                                 batch["video"], rng, self.config.diffusion.objective,
-                                **self._diffusion_kwargs())
+                                **self._loss_kwargs())
     return {"eval/diffusion_loss": jnp.mean(per_ex)}
 
   def flops_per_example(self):
