@@ -86,6 +86,7 @@ class Checkpointer:
     unreadable, warning for each one skipped. Returns None when there is no checkpoint.
     """
     steps = [step] if step is not None else self.all_steps()[::-1]
+    last_error = ""
     for s in steps:
       try:
         args = {"state": ocp.args.StandardRestore(target_state)}
@@ -96,6 +97,7 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint falls back
         if step is not None:
           raise
+        last_error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         log.warning("checkpoint %s/%d is unreadable (%s: %s); falling back to an older step",
                     self.directory, s, type(e).__name__, str(e).splitlines()[0][:300])
         continue
@@ -104,7 +106,9 @@ class Checkpointer:
                     self.directory, s)
       return restored["state"], s
     if steps:
-      raise RuntimeError(f"no readable checkpoint in {self.directory} (tried steps {steps})")
+      raise RuntimeError(
+          f"no readable checkpoint in {self.directory} (tried steps {steps}; last error: "
+          f"{last_error}). Nothing was overwritten: use another --workdir to start afresh.")
     return None
 
 

@@ -7,6 +7,7 @@ checkpoints and evaluations. SIGTERM/SIGINT save a checkpoint at the current ste
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -169,7 +170,10 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
   init_rng, train_rng = jax.random.split(rng)
   summary: dict[str, Any] = {"evals": []}
 
-  with mesh, nn.logical_axis_rules(rules), _Signals() as signals:
+  peak, peak_src = flops_lib.peak_flops_per_device(config.get("peak_flops_per_device"))
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Signals() as signals, \
+      contextlib.ExitStack() as cleanup:
+    cleanup.callback(writer.close)   # also on errors: pending async saves finish, files flush
     abstract_params = state_lib.unbox_abstract(jax.eval_shape(task.init, init_rng))
     trainable = task.trainable_mask(abstract_params)
     tx, schedule = optim.make_optimizer(config.optimizer, total, trainable)
@@ -182,6 +186,7 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=config.checkpoint.get("max_to_keep", 3),
                                  async_save=config.checkpoint.get("async_save", True))
+    cleanup.callback(ckpt.close)
     data_iter = task.make_iterator("train", local_bs, config.seed, jax.process_index(),
                                    jax.process_count())
     state, shardings, origin = restore_or_init(config, task, tx, init_rng, mesh, rules, ckpt,
@@ -196,7 +201,6 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
     p_eval_step = jax.jit(task.eval_step, in_shardings=(shardings.params, None, rep))
 
     fpe = task.flops_per_example()
-    peak, peak_src = flops_lib.peak_flops_per_device(config.get("peak_flops_per_device"))
     progress = writer_lib.Progress(total, step, config.batch_size,
                                    3 * fpe * config.batch_size if fpe else None, peak)
     log.info("peak %.2f TFLOP/s per device (%s); %s", peak / 1e12, peak_src,
@@ -271,9 +275,7 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
           print(f"eval @ {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()
                                                if isinstance(v, (int, float))), flush=True)
         progress.resume()
-    ckpt.close()
   summary["final_step"] = step
-  writer.close()
   if jax.process_index() == 0:
     writer_lib.plot_curves(workdir, keys=("train/loss",), out_name="loss.png")
   return summary
