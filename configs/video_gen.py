@@ -60,7 +60,7 @@ def get_config(arg=None):
       num_inference_steps=30, guidance_scale=2.0, guidance_rescale=0.0, shift=1.0,
       timestep_spacing="trailing"))
 
-  c.eval = ml_collections.ConfigDict(dict(num_videos=8, split="validation", gif_cols=2))
+  c.eval = ml_collections.ConfigDict(dict(num_videos=16, split="validation", gif_cols=2))
 
   if a.smoke:
     c.total_steps = 6

@@ -151,10 +151,14 @@ class VideoDiffusionTask(Task):
     err = trajectory.trajectory_error_batch(videos, gt["centers"], gt["colors"], gt["obj_mask"])
     truth = np.stack([ex["video"] for ex in examples])  # float in [-1, 1], as the model sees it
     gt_err = trajectory.trajectory_error_batch(truth, gt["centers"], gt["colors"], gt["obj_mask"])
+    # Reference: a model that makes real clips but ignores the caption (clip i+1 for caption i).
+    shuffled = trajectory.trajectory_error_batch(np.roll(truth, 1, axis=0), gt["centers"],
+                                                 gt["colors"], gt["obj_mask"])
     results = {"eval/trajectory_error": float(err["error"]),
                "eval/trajectory_error_px64": float(err["error_px64"]),
                "eval/detection_rate": float(err["detection_rate"]),
-               "eval/trajectory_error_of_real_clips": float(gt_err["error"])}
+               "eval/trajectory_error_of_real_clips": float(gt_err["error"]),
+               "eval/trajectory_error_of_shuffled_clips": float(shuffled["error"])}
     if jax.process_index() == 0:
       cells, labels = [], []
       for i in range(len(examples)):
