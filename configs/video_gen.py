@@ -24,12 +24,12 @@ def get_config(arg=None):
   c = base_config()
   c.task = "video_diffusion"
   c.seed = 0
-  c.total_steps = 900
+  c.total_steps = 1200
   c.batch_size = 16
   c.log_every = 50
-  c.eval_every = 300
+  c.eval_every = 400
   c.eval_batches = 4
-  c.checkpoint.every = 300
+  c.checkpoint.every = 400
   c.nonfinite_policy = "stop"
 
   c.optimizer.name = "adamw"
@@ -43,13 +43,14 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict(dict(
       name="world_video", builder_config="small", data_dir=None, num_frames=a.frames,
-      resolution=a.res, max_text_len=384, worker_count=0))   # captions: <= 335 bytes
+      resolution=a.res, tokenizer="words", max_text_len=80,  # captions: <= 77 words
+      worker_count=0))
 
   c.model = ml_collections.ConfigDict(dict(
       variant=a.variant, width=0, depth=0, num_heads=0,   # 0: from the variant table
       temporal_patch=2, attention="full", cross_attention=True, scan_blocks=False,
       remat_policy="none", dtype="float32", flat=True,
-      text=dict(width=128, depth=2, num_heads=4, patch=4)))   # 4 caption bytes per token
+      text=dict(width=128, depth=2, num_heads=4, patch=1)))   # patch=4 with tokenizer=bytes
 
   c.diffusion = ml_collections.ConfigDict(dict(
       objective="flow",                 # flow | epsilon | v_prediction | sample
@@ -71,17 +72,17 @@ def get_config(arg=None):
     c.checkpoint.every = 3
     c.optimizer.warmup_steps = 2
     c.data.builder_config = "smoke"
-    c.data.num_frames, c.data.resolution, c.data.max_text_len = 4, 16, 128
+    c.data.num_frames, c.data.resolution = 4, 16
     c.model.variant = "XS/4"
     c.model.width, c.model.depth, c.model.num_heads = 32, 2, 2
-    c.model.text = dict(width=32, depth=1, num_heads=2, patch=4)
+    c.model.text = dict(width=32, depth=1, num_heads=2, patch=1)
     c.diffusion.num_inference_steps = 3
     c.eval.num_videos = 4
   if a.b:   # accelerator preset: 16 x 64 x 64 pixels, B/4 DiT, fsdp over the devices
     c.total_steps, c.batch_size = 100_000, 256
     c.data.builder_config, c.data.num_frames, c.data.resolution = "default", 16, 64
     c.model.variant, c.model.dtype, c.model.remat_policy = "B/4", "bfloat16", "dots"
-    c.model.text = dict(width=512, depth=6, num_heads=8, patch=4)
+    c.model.text = dict(width=512, depth=6, num_heads=8, patch=1)
     c.mesh.axes = dict(data=1, fsdp=-1, context=1, tensor=1)
     c.optimizer.lr, c.optimizer.warmup_steps = 3e-4, 2000
     c.eval_every, c.checkpoint.every = 5000, 2000
@@ -90,7 +91,7 @@ def get_config(arg=None):
     c.data.builder_config, c.data.num_frames, c.data.resolution = "default", 16, 64
     c.model.variant, c.model.dtype, c.model.remat_policy = "XL/2", "bfloat16", "dots"
     c.model.scan_blocks, c.model.attention = True, "factorized"
-    c.model.text = dict(width=768, depth=12, num_heads=12, patch=4)
+    c.model.text = dict(width=768, depth=12, num_heads=12, patch=1)
     c.mesh.axes = dict(data=1, fsdp=-1, context=1, tensor=4)
     c.optimizer.lr, c.optimizer.warmup_steps = 1e-4, 5000
     c.eval_every, c.checkpoint.every = 10_000, 5000

@@ -31,6 +31,8 @@ processes make their iterators) so that processes do not build it twice.
 """
 from __future__ import annotations
 
+import functools
+
 from absl import flags
 import grain
 import ml_collections
@@ -48,7 +50,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.data_dir = ml_collections.config_dict.placeholder(str)  # None: cache
   c.num_frames = 8               # frames kept (temporal stride from the clip)
   c.resolution = 32              # output H = W
-  c.max_text_len = 384           # tokens incl. BOS/EOS; captions are <~ 350 B
+  c.tokenizer = "bytes"          # bytes | words (vocabulary of the train split's captions)
+  c.max_text_len = 384           # tokens incl. BOS/EOS; captions are <~ 350 B, <= 77 words
   c.worker_count = 0             # grain worker processes (0: in process)
   c.read_threads = 2             # grain reader threads per process
   return c
@@ -86,10 +89,10 @@ def resize_video(video: np.ndarray, resolution: int) -> np.ndarray:
 class Preprocess(grain.transforms.Map):
   """One TFDS record -> model example (picklable for grain workers)."""
 
-  def __init__(self, num_frames: int, resolution: int, max_text_len: int):
+  def __init__(self, num_frames: int, resolution: int, tokenizer):
     self.num_frames = int(num_frames)
     self.resolution = int(resolution)
-    self.tokenizer = tokenizer_lib.ByteTokenizer(max_text_len)
+    self.tokenizer = tokenizer
 
   def map(self, element: dict) -> dict:
     """Returns the unbatched fields of the module docstring."""
@@ -134,9 +137,29 @@ def _source(data_config, split: str):
       data_dir=data_config.data_dir, split=split)
 
 
+@functools.lru_cache(maxsize=8)
+def _train_captions(name: str, builder_config: str, data_dir: str | None) -> tuple[str, ...]:
+  src = world_builder.load_source(name=name, config=builder_config, data_dir=data_dir,
+                                  split="train")
+  caps = (src[i]["caption"] for i in range(len(src)))
+  return tuple(c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in caps)
+
+
+def make_tokenizer(data_config):
+  """The tokenizer named by ``data_config.tokenizer``: ``bytes`` or ``words`` (the vocabulary
+  of the train split's captions, so it is the same on every process and every restart)."""
+  kind = data_config.get("tokenizer", "bytes")
+  if kind == "bytes":
+    return tokenizer_lib.ByteTokenizer(data_config.max_text_len)
+  if kind == "words":
+    caps = _train_captions(data_config.name, data_config.builder_config, data_config.data_dir)
+    return tokenizer_lib.WordTokenizer.from_texts(caps, data_config.max_text_len)
+  raise ValueError(f"data.tokenizer={kind!r}: use 'bytes' or 'words'")
+
+
 def _preprocess(data_config) -> Preprocess:
   return Preprocess(data_config.num_frames, data_config.resolution,
-                    data_config.max_text_len)
+                    make_tokenizer(data_config))
 
 
 def make_dataset(data_config, split: str, batch_size: int, seed: int,

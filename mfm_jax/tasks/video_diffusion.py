@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mfm_jax.data import pipeline
-from mfm_jax.data.tokenizer import ByteTokenizer
 from mfm_jax.diffusion import guidance, objectives, samplers
 from mfm_jax.engine.task import Task
 from mfm_jax.eval import trajectory, visualize
@@ -34,7 +33,7 @@ class VideoDiffusionTask(Task):
     super().__init__(config)
     m, d = config.model, config.data
     self.video_shape = (d.num_frames, d.resolution, d.resolution, 3)
-    self.tokenizer = ByteTokenizer(d.max_text_len)
+    self.tokenizer = pipeline.make_tokenizer(d)
     v = dit_lib.decode_variant(m.variant, width=m.width or None, depth=m.depth or None,
                                num_heads=m.num_heads or None)
     self.dit_args = dict(width=v["width"], depth=v["depth"], num_heads=v["num_heads"],

@@ -55,3 +55,38 @@ def test_errors():
     tok_lib.ByteTokenizer(8).encode([b"bytes"])
   with pytest.raises(ValueError, match="shape"):
     tok_lib.ByteTokenizer(8).decode(np.zeros((1, 2, 3), np.int32))
+
+
+def test_word_tokenizer_round_trip_unknown_and_truncation():
+  from mfm_jax.data import tokenizer as tl
+  tok = tl.WordTokenizer.from_texts(["a red cube moves up-right.", "a blue sphere"], max_len=8)
+  assert tok.vocab == sorted(set(tok.vocab)) and "up" in tok.vocab and "-" in tok.vocab
+  assert tok.vocab_size == len(tok.vocab) + 4
+  ids, mask = tok.encode(["A red cube moves up-right.", "a green sphere", ""])
+  assert ids.shape == (3, 8) and ids.dtype == np.int32
+  assert tok.decode(ids[0]) == "a red cube moves up -"      # 6 of 8 words: truncated, EOS kept
+  assert ids[0, -1] == tl.EOS and mask[0].all()
+  assert tok.decode(ids[1]) == "a <unk> sphere" and ids[1, 2] == tl.UNK
+  np.testing.assert_array_equal(ids[2][:3], [tl.BOS, tl.EOS, tl.PAD])
+  assert mask[2].sum() == 2
+  with pytest.raises(ValueError, match="duplicate"):
+    tl.WordTokenizer(["a", "a"], 4)
+
+
+def test_pipeline_word_tokenizer_vocabulary_is_the_train_captions(tmp_path):
+  from mfm_jax.data import pipeline
+  cfg = pipeline.default_data_config()
+  cfg.data_dir = str(tmp_path)
+  cfg.tokenizer, cfg.max_text_len = "words", 80
+  tok = pipeline.make_tokenizer(cfg)
+  ex = pipeline.load_examples(cfg, "validation", 4)
+  for e in ex:
+    assert tl_words(e["caption"]) == tok.decode(e["text_ids"])
+  cfg.tokenizer = "letters"
+  with pytest.raises(ValueError, match="letters"):
+    pipeline.make_tokenizer(cfg)
+
+
+def tl_words(text):
+  from mfm_jax.data import tokenizer as tl
+  return " ".join(tl.split_words(text))
