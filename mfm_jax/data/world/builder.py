@@ -171,7 +171,7 @@ def load_source(name: str = "world_video", config: str = "smoke",
   """Random-access data source of a split; builds the dataset on first use.
 
   Args:
-    name: dataset name; only "world_video" is embedded.
+    name: "world_video", "world_multiview" or "world_qa" (builder_v2.py).
     config: builder config name (see CONFIG_NAMES).
     data_dir: TFDS data dir; None = $MFM_JAX_DATA_DIR or ~/.cache/mfm_jax/tfds.
     split: "train" or "validation" (any TFDS split string, e.g. "train[:8]").
@@ -180,10 +180,15 @@ def load_source(name: str = "world_video", config: str = "smoke",
   Returns:
     A TFDS ArrayRecord data source: len(src), src[i] -> dict of numpy arrays.
   """
-  if name != "world_video":
+  if name in ("world_multiview", "world_qa"):
+    from mfm_jax.data.world import builder_v2  # pylint: disable=g-import-not-at-top
+    builder = builder_v2.get_builder(name, config, data_dir, num_workers)
+  elif name != "world_video":
     raise ValueError(f"load_source: unknown dataset {name!r}; the embedded "
-                     f"dataset is 'world_video'")
-  builder = get_builder(config, data_dir, num_workers)
+                     f"datasets are 'world_video', 'world_multiview' and "
+                     f"'world_qa'")
+  else:
+    builder = get_builder(config, data_dir, num_workers)
   if not builder.is_prepared():
     builder.download_and_prepare()
   return builder.as_data_source(split)

@@ -24,7 +24,8 @@ _COLS = ("left", "", "right")
 # Eight image directions, counter-clockwise from "right" (image y points down).
 _DIRECTIONS = ("right", "up-right", "up", "up-left", "left", "down-left",
                "down", "down-right")
-_VERBS = {sim.SPHERE: ("moves", "rolls"), sim.CUBE: ("moves", "slides")}
+_VERBS = {sim.SPHERE: ("moves", "rolls"), sim.CUBE: ("moves", "slides"),
+          sim.CYLINDER: ("moves", "slides")}
 _STILL = ("stays still", "does not move", "rests")
 # Image speeds (normalised units / second) below this are "still".
 STILL_SPEED = 1e-3
@@ -54,10 +55,13 @@ def direction(dxy) -> str:
 
 
 def object_name(scene: sim.Scene, i: int, with_size: bool = True) -> str:
-  """E.g. 'large red sphere'."""
+  """E.g. 'large red sphere' ('large red metal sphere' with materials)."""
   obj = scene.objects
-  words = [sim.SIZE_NAMES[obj.size[i]]] if with_size else []
-  words += [sim.COLOR_NAMES[obj.color[i]], sim.SHAPE_NAMES[obj.shape[i]]]
+  words = [scene.spec.size_names[obj.size[i]]] if with_size else []
+  words.append(sim.COLOR_NAMES[obj.color[i]])
+  if scene.spec.metal_prob > 0 and with_size:
+    words.append(sim.MATERIAL_NAMES[obj.material[i]])
+  words.append(sim.SHAPE_NAMES[obj.shape[i]])
   return " ".join(words)
 
 
@@ -140,3 +144,55 @@ def describe(scene: sim.Scene, centers: np.ndarray,
       clause += f", then hits {hit}"
     clauses.append(clause)
   return "; ".join(clauses) + "."
+
+
+_OPENERS = ("There are {n} objects on the floor.", "The scene shows {n} objects.",
+            "{N} objects sit on a gray floor.", "We see {n} objects.")
+_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven",
+            "eight")
+_EVENT_FORMS = {
+    "collision": ("the {a} collides with the {b}", "the {a} hits the {b}",
+                  "the {a} and the {b} bump into each other"),
+    "stop": ("the {a} comes to a stop", "the {a} stops",
+             "the {a} slows down and stops"),
+    "enter": ("the {a} enters the view", "the {a} comes into view"),
+    "exit": ("the {a} leaves the view", "the {a} moves out of view"),
+}
+_WHEN = ("at {t:.1f} s", "after {t:.1f} seconds", "{t:.1f} s into the clip")
+
+
+def describe_varied(scene: sim.Scene, centers: np.ndarray,
+                    image_velocity: np.ndarray, events) -> str:
+  """A caption with varied templates: opener, per-object clauses, events.
+
+  Deterministic by scene.seed. Per-object clauses are those of `describe`;
+  then up to 4 events (collisions, stops, view enter/exit; wall bounces are
+  left to the clauses) in time order, each with its time, e.g. "At 1.2 s the
+  red sphere collides with the blue cube."
+
+  Args:
+    scene: the simulated scene.
+    centers: [T, K, 2] normalised image centres in the captioned view.
+    image_velocity: [T, K, 2] image velocities in that view.
+    events: sim.Events (physics and view events), any order.
+  """
+  rng = np.random.default_rng([scene.seed, 8])
+  n = scene.num_objects
+  opener = _OPENERS[int(rng.integers(0, len(_OPENERS)))]
+  parts = [opener.format(n=_NUMBERS[n], N=_NUMBERS[n].capitalize())]
+  body = describe(scene, centers, image_velocity)
+  parts.append(body[0].upper() + body[1:])
+  chosen = [e for e in sorted(events, key=lambda e: (e.time, e.kind, e.i))
+            if e.kind in _EVENT_FORMS][:4]
+  for e in chosen:
+    forms = _EVENT_FORMS[e.kind]
+    text = forms[int(rng.integers(0, len(forms)))].format(
+        a=object_name(scene, e.i, with_size=False),
+        b=object_name(scene, e.j, with_size=False) if e.j >= 0 else "")
+    when = _WHEN[int(rng.integers(0, len(_WHEN)))].format(t=e.time)
+    if rng.random() < 0.5:
+      sentence = f"{when[0].upper()}{when[1:]} {text}."
+    else:
+      sentence = f"{text[0].upper()}{text[1:]} {when}."
+    parts.append(sentence)
+  return " ".join(parts)

@@ -2,10 +2,13 @@
 
 One ray per pixel centre (no anti-aliasing: every object pixel keeps the exact
 hue of its palette colour, which the colour-based trajectory metric relies
-on). Analytic ray-sphere and ray-box (axis-aligned cube) intersections, the
-ground plane z = 0, Lambertian shading with an ambient term and hard shadows
-from one directional light. Shading multiplies the palette colour by a scalar,
-so hue and saturation are preserved and only brightness changes. The ground is
+on). Analytic ray-sphere, ray-box (axis-aligned cube) and ray-cylinder
+(upright, radius r, half-height r) intersections, the ground plane z = 0,
+Lambertian shading with an ambient term and hard shadows from one directional
+light. Shading of matte objects multiplies the palette colour by a scalar, so
+hue and saturation are preserved and only brightness changes; metal objects
+add a white Blinn-Phong highlight (SPECULAR, SHININESS), so their brightest
+pixels lose saturation. The ground is
 neutral gray (lighter inside the arena); rays that miss everything see a light
 gray sky.
 
@@ -24,9 +27,34 @@ _EPS = 1e-4
 ARENA_GRAY = 0.62
 OUTSIDE_GRAY = 0.47
 SKY_GRAY = 0.78
+SPECULAR = 0.75      # metal: highlight strength
+SHININESS = 24.0     # metal: Blinn-Phong exponent
 
 
-def _intersect(origin, direction, center, radius, is_cube, mask):
+def _intersect_cylinder(d, oc, radius):
+  """Ray-cylinder distances; same conventions as _intersect. [N, K]."""
+  a = d[0] * d[0] + d[1] * d[1]
+  b = d[0] * oc[0] + d[1] * oc[1]
+  c = oc[0] ** 2 + oc[1] ** 2 - radius ** 2
+  disc = b * b - a * c
+  sq = np.sqrt(np.maximum(disc, 0.0))
+  best = np.full(oc[0].shape, np.inf, np.float32)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    for sign in (-1.0, 1.0):            # the side
+      t = (-b + sign * sq) / a
+      z = oc[2] + t * d[2]
+      ok = (disc >= 0) & (a > 1e-12) & (t > _EPS) & (np.abs(z) <= radius)
+      best = np.where(ok & (t < best), t, best)
+    for cap in (-1.0, 1.0):             # the two caps
+      t = (cap * radius - oc[2]) / d[2]
+      x, y = oc[0] + t * d[0], oc[1] + t * d[1]
+      ok = (t > _EPS) & (x * x + y * y <= radius ** 2)
+      best = np.where(ok & (t < best), t, best)
+  return best
+
+
+def _intersect(origin, direction, center, radius, is_cube, mask,
+               is_cyl=None):
   """Distances from N rays to K objects.
 
   Args:
@@ -36,6 +64,7 @@ def _intersect(origin, direction, center, radius, is_cube, mask):
     radius: [K] sphere radius / cube half-side.
     is_cube: [K] bool.
     mask: [K] bool, real objects.
+    is_cyl: [K] bool upright cylinders (overrides is_cube), or None.
 
   Returns:
     [N, K] distance to the first hit in front of the origin, inf if none.
@@ -63,6 +92,8 @@ def _intersect(origin, direction, center, radius, is_cube, mask):
   t_box = np.where(t_near > _EPS, t_near, t_far)
   t_box = np.where((t_far >= t_near) & (t_box > _EPS), t_box, np.inf)
   t = np.where(is_cube, t_box, t_sph)
+  if is_cyl is not None and np.any(is_cyl):
+    t = np.where(is_cyl, _intersect_cylinder(d, oc, radius), t)
   return np.where(mask, t, np.inf)
 
 
@@ -108,8 +139,8 @@ def _screen_rect(points, camera):
 
 def render_frames(positions, radius, is_cube, rgb, mask,
                   camera: camera_lib.Camera, light_dir=(-0.45, -0.6, 1.0),
-                  ambient: float = 0.4, arena_half: float = 3.0
-                  ) -> dict[str, np.ndarray]:
+                  ambient: float = 0.4, arena_half: float = 3.0,
+                  is_cyl=None, metal=None) -> dict[str, np.ndarray]:
   """Renders T frames of K objects seen by `camera`.
 
   Only rays that may hit an object (screen rectangles of the objects'
@@ -127,6 +158,8 @@ def render_frames(positions, radius, is_cube, rgb, mask,
     light_dir: [3] direction towards the light (must point up, z > 0).
     ambient: ambient light in [0, 1].
     arena_half: half side of the arena (its floor is drawn lighter).
+    is_cyl: [K] bool upright cylinders (override is_cube), or None.
+    metal: [K] bool metal objects (specular highlight), or None.
 
   Returns:
     dict with rgb: [T, H, W, 3] uint8, depth: [T, H, W] float32 camera-frame
@@ -139,6 +172,7 @@ def render_frames(positions, radius, is_cube, rgb, mask,
   radius = np.asarray(radius, np.float32)
   is_cube = np.asarray(is_cube, bool)
   mask = np.asarray(mask, bool)
+  is_cyl = None if is_cyl is None else np.asarray(is_cyl, bool)
   light = np.asarray(light_dir, np.float32)
   light = light / np.linalg.norm(light)
   if light[2] <= 0:
@@ -169,7 +203,7 @@ def render_frames(positions, radius, is_cube, rgb, mask,
   tt, pp = np.nonzero(cand.reshape(t_count, -1))
   if len(tt):
     dist = _intersect(np.broadcast_to(origin, (len(pp), 3)), dirs[pp],
-                      positions[tt], radius, is_cube, mask)    # [N, K]
+                      positions[tt], radius, is_cube, mask, is_cyl)
     near = np.argmin(dist, -1)
     t_near = dist[np.arange(len(near)), near]
     closer = t_near < t_hit[tt, pp]
@@ -186,6 +220,13 @@ def render_frames(positions, radius, is_cube, rgb, mask,
   sph_n = local / np.maximum(np.linalg.norm(local, axis=-1, keepdims=True),
                              1e-6)
   obj_n = np.where(is_cube[ko][:, None], box_n, sph_n)
+  if is_cyl is not None and np.any(is_cyl):
+    radial = np.hypot(local[:, 0], local[:, 1])
+    cap = np.abs(local[:, 2]) > radial
+    cyl_n = np.where(
+        cap[:, None], np.float32([0, 0, 1]) * np.sign(local[:, 2:3]),
+        local * np.float32([1, 1, 0]) / np.maximum(radial, 1e-6)[:, None])
+    obj_n = np.where(is_cyl[ko][:, None], cyl_n, obj_n).astype(np.float32)
 
   # Hard shadows: every object point, and ground points near a shadow.
   shadow_corners = corners - (corners[..., 2:] / light[2]) * light
@@ -197,7 +238,7 @@ def render_frames(positions, radius, is_cube, rgb, mask,
                              ground_pt[gp] + 1e-3 * np.float32([0, 0, 1])])
   s_t = np.concatenate([ot, gt])
   dist = _intersect(s_origin, np.broadcast_to(light, s_origin.shape),
-                    positions[s_t], radius, is_cube, mask)
+                    positions[s_t], radius, is_cube, mask, is_cyl)
   lit = ~np.any(np.isfinite(dist), -1)
   lit_shade = ambient + (1.0 - ambient) * max(float(light[2]), 0.0)
   shade = np.full((t_count, h * w), lit_shade, np.float32)
@@ -209,6 +250,12 @@ def render_frames(positions, radius, is_cube, rgb, mask,
   color = np.broadcast_to(gray[None, :, None], (t_count, h * w, 3)).copy()
   color[ot, op] = np.asarray(rgb, np.float32)[ko] / 255.0
   color *= shade[..., None]
+  if metal is not None and np.any(np.asarray(metal)[mask]):
+    shiny = np.asarray(metal, bool)[ko] & lit[:len(ot)]
+    half_v = light[None] - dirs[op]
+    half_v /= np.linalg.norm(half_v, axis=-1, keepdims=True)
+    spec = SPECULAR * np.maximum(np.sum(obj_n * half_v, -1), 0.0) ** SHININESS
+    color[ot, op] += np.where(shiny, spec, 0.0)[:, None]
   image = np.round(np.clip(color, 0.0, 1.0) * 255.0).astype(np.uint8)
   t_hit = np.where(np.isfinite(t_hit), t_hit, 0.0)
   depth = t_hit * np.sum(dirs * camera.rotation[2].astype(np.float32), -1)
@@ -235,4 +282,6 @@ def render(scene: sim.Scene, camera: camera_lib.Camera | None = None
   rgb = sim.palette_rgb()[obj.color]
   return render_frames(scene.positions, obj.radius, obj.shape == sim.CUBE,
                        rgb, obj.mask, camera, light_dir=spec.light_dir,
-                       ambient=spec.ambient, arena_half=spec.arena_size / 2)
+                       ambient=spec.ambient, arena_half=spec.arena_size / 2,
+                       is_cyl=obj.shape == sim.CYLINDER,
+                       metal=obj.material == sim.METAL)

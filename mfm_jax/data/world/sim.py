@@ -1,4 +1,4 @@
-"""Physics of the procedural world v1: objects sliding on a ground plane.
+"""Physics of the procedural world: objects sliding on a ground plane.
 
 World frame (right-handed, metres-like units):
   * the ground is the plane z = 0 and +z points up;
@@ -6,11 +6,23 @@ World frame (right-handed, metres-like units):
     by four invisible walls; +x is "right" and +y is "away" from the default
     camera, which stands at negative y looking towards +y and down.
 
-An object is a sphere (radius r) or an axis-aligned cube (half-side r) resting
-on the ground, so its centre is at height z = r. Motion is 2D on the plane:
-no friction by default (energy is conserved), elastic object-object collisions
-(objects collide as discs of radius r, mass proportional to r^3) and elastic
-bounces on the walls. Everything is deterministic given the seed.
+An object is a sphere (radius r), an axis-aligned cube (half-side r) or an
+upright cylinder (radius r, half-height r) resting on the ground, so its centre
+is at height z = r; it is matte or metal (rendering only). Motion is 2D on the
+plane: no friction by default (energy is conserved), elastic object-object
+collisions (objects collide as discs of radius r, mass proportional to r^3) and
+elastic bounces on the walls. Two optional frictions: `friction` (linear
+damping, speeds decay but never reach 0) and `decel` (Coulomb-like constant
+deceleration: objects come to rest, which is recorded as a `stop` event).
+Everything is deterministic given the seed.
+
+Events (`Event.kind`): "collision" (i, j), "wall" (i, wall), "stop" (i) from
+the physics here; "enter" / "exit" (i) depend on a camera and are computed from
+projections in `annotate.view_events`.
+
+Backward compatibility: the defaults of every WorldSpec field reproduce world
+v1 bit for bit (tests/data/test_world_v1_pinned.py); new random draws happen
+after all v1 draws, and only when their feature is switched on.
 
 Arrays are padded to a fixed capacity K = spec.max_objects with `mask` marking
 the real objects (static shapes). Written by hand: no kept library simulates
@@ -39,9 +51,19 @@ PALETTE = (
     (240, 125, 20),   # orange    hue  29
     (130, 40, 215),   # purple    hue 271
 )
-SHAPE_NAMES = ("sphere", "cube")
-SIZE_NAMES = ("small", "large")
-SPHERE, CUBE = 0, 1
+SHAPE_NAMES = ("sphere", "cube", "cylinder")
+SIZE_NAMES = ("small", "large")   # names of 2 sizes (v1); 3: size_names()
+MATERIAL_NAMES = ("matte", "metal")
+SPHERE, CUBE, CYLINDER = 0, 1, 2
+MATTE, METAL = 0, 1
+
+
+def size_names(num_sizes: int) -> tuple[str, ...]:
+  """Names of `num_sizes` sizes, smallest first (2: v1's small/large)."""
+  table = {1: ("medium",), 2: SIZE_NAMES, 3: ("small", "medium", "large")}
+  if num_sizes not in table:
+    raise ValueError(f"the world has 1 to 3 sizes, got {num_sizes}")
+  return table[num_sizes]
 
 
 def palette_rgb() -> np.ndarray:
@@ -60,7 +82,10 @@ class WorldSpec:
   fps: float = 8.0
   substeps: int = 8               # physics steps per frame
   arena_size: float = 6.0         # side of the square arena
-  sizes: tuple[float, float] = (0.35, 0.55)  # radius / half-side: small, large
+  sizes: tuple[float, ...] = (0.35, 0.55)  # radius / half-side per size
+  shapes: tuple[str, ...] = ("sphere", "cube")  # names from SHAPE_NAMES
+  metal_prob: float = 0.0         # probability that an object is metal
+  decel: float = 0.0              # Coulomb friction, units / s^2 (stops)
   min_speed: float = 1.0          # units per second
   max_speed: float = 2.6
   still_prob: float = 0.2         # probability that an object starts at rest
@@ -81,15 +106,29 @@ class WorldSpec:
     if self.max_objects > len(PALETTE):
       raise ValueError(f"WorldSpec.max_objects={self.max_objects} exceeds the "
                        f"{len(PALETTE)} palette colours (colours are unique).")
+    unknown = [s for s in self.shapes if s not in SHAPE_NAMES]
+    if unknown or not self.shapes:
+      raise ValueError(f"WorldSpec.shapes={self.shapes}: names must be in "
+                       f"{SHAPE_NAMES}")
+    size_names(len(self.sizes))  # raises on a bad count
     if self.num_frames < 1 or self.height < 1 or self.width < 1:
       raise ValueError(f"WorldSpec needs positive num_frames/height/width, got "
                        f"{self.num_frames}/{self.height}/{self.width}")
+
+  @property
+  def size_names(self) -> tuple[str, ...]:
+    return size_names(len(self.sizes))
+
+  @property
+  def shape_ids(self) -> np.ndarray:
+    """[S] int32 indices into SHAPE_NAMES of the shapes this spec draws."""
+    return np.asarray([SHAPE_NAMES.index(s) for s in self.shapes], np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
 class Event:
   """A physical event. `frame` is the first frame showing its outcome."""
-  kind: str          # "collision" or "wall"
+  kind: str          # "collision", "wall", "stop", "enter" or "exit"
   frame: int
   time: float        # seconds from the first frame
   i: int             # object index
@@ -107,6 +146,12 @@ class ObjectSet:
   radius: np.ndarray     # [K] float32, sphere radius or cube half-side
   position: np.ndarray   # [K, 2] float32, (x, y) on the ground
   velocity: np.ndarray   # [K, 2] float32, units per second
+  material: np.ndarray | None = None  # [K] int32 MATTE / METAL; None: matte
+
+  def __post_init__(self):
+    if self.material is None:
+      object.__setattr__(self, "material",
+                         np.zeros(self.mask.shape[0], np.int32))
 
   @property
   def num_objects(self) -> int:
@@ -144,8 +189,11 @@ def sample_objects(rng: np.random.Generator, spec: WorldSpec) -> ObjectSet:
   mask = np.arange(k) < n
   color = np.zeros(k, np.int32)
   color[:n] = rng.choice(len(PALETTE), size=n, replace=False)
-  shape = np.where(mask, rng.integers(0, 2, size=k), 0).astype(np.int32)
-  size = np.where(mask, rng.integers(0, 2, size=k), 0).astype(np.int32)
+  shape = np.where(mask, spec.shape_ids[rng.integers(0, len(spec.shapes),
+                                                     size=k)], 0)
+  shape = shape.astype(np.int32)
+  size = np.where(mask, rng.integers(0, len(spec.sizes), size=k), 0)
+  size = size.astype(np.int32)
   radius = np.where(mask, np.asarray(spec.sizes)[size], 0.0).astype(np.float32)
   half = spec.arena_size / 2
   position = np.zeros((k, 2), np.float32)
@@ -167,9 +215,13 @@ def sample_objects(rng: np.random.Generator, spec: WorldSpec) -> ObjectSet:
   angle = rng.uniform(0.0, 2 * np.pi, size=k)
   velocity = np.stack([np.cos(angle), np.sin(angle)], -1) * speed[:, None]
   velocity = np.where((mask & ~still)[:, None], velocity, 0.0)
+  material = np.zeros(k, np.int32)
+  if spec.metal_prob > 0:  # drawn last: v1 streams are unchanged
+    material = np.where(mask & (rng.random(size=k) < spec.metal_prob),
+                        METAL, MATTE).astype(np.int32)
   return ObjectSet(mask=mask, shape=shape, color=color, size=size,
                    radius=radius, position=position,
-                   velocity=velocity.astype(np.float32))
+                   velocity=velocity.astype(np.float32), material=material)
 
 
 def _collide(p, v, m, i, j) -> bool:
@@ -186,11 +238,23 @@ def _collide(p, v, m, i, j) -> bool:
   return True
 
 
+def _decelerate(v, dv, mask, frame, time, events):
+  """Removes speed dv from every moving object in place; records stops."""
+  speed = np.hypot(v[:, 0], v[:, 1])
+  moving = speed > 0
+  new = np.maximum(speed - dv, 0.0)
+  v *= np.where(moving, new / np.where(moving, speed, 1.0), 0.0)[:, None]
+  for i in np.flatnonzero(moving & (new == 0) & mask):
+    events.append(Event("stop", frame, time, int(i)))
+
+
 def run_physics(objects: ObjectSet, spec: WorldSpec, seed: int = 0) -> Scene:
   """Integrates the objects for spec.num_frames frames.
 
   Frame 0 is the initial state; each frame advances 1 / fps seconds in
-  spec.substeps steps. Walls and collisions are elastic (friction=0).
+  spec.substeps steps. Walls and collisions are elastic; spec.friction
+  damps velocities, spec.decel removes decel * dt of speed per step and
+  brings objects to rest (a "stop" event when a moving object stops).
 
   Args:
     objects: initial state, capacity K.
@@ -225,6 +289,8 @@ def run_physics(objects: ObjectSet, spec: WorldSpec, seed: int = 0) -> Scene:
     for sub in range(spec.substeps):
       time = (frame - 1 + (sub + 1) / spec.substeps) / spec.fps
       v *= damp
+      if spec.decel > 0:
+        _decelerate(v, spec.decel * dt, mask, frame, time, events)
       p += v * dt
       low = (p < lo) & (v < 0)
       high = (p > hi) & (v > 0)
