@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 
 from mfm_jax.data import tokenizer as tokenizer_lib
-from mfm_jax.data.world import builder as world_builder
+from mfm_jax.data import sources
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -132,15 +132,12 @@ def _ensure_flags_parsed() -> None:
 
 
 def _source(data_config, split: str):
-  return world_builder.load_source(
-      name=data_config.name, config=data_config.builder_config,
-      data_dir=data_config.data_dir, split=split)
+  return sources.source_from_config(data_config, split)
 
 
 @functools.lru_cache(maxsize=8)
 def _train_captions(name: str, builder_config: str, data_dir: str | None) -> tuple[str, ...]:
-  src = world_builder.load_source(name=name, config=builder_config, data_dir=data_dir,
-                                  split="train")
+  src = sources.load_source(name=name, config=builder_config, data_dir=data_dir, split="train")
   caps = (src[i]["caption"] for i in range(len(src)))
   return tuple(c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in caps)
 
