@@ -48,7 +48,7 @@ def bench_jax(config, steps: int, warmup: int) -> dict:
     state = state_lib.create_sharded(task.init, tx, rng, shardings, ema=False)
     local = next(task.make_iterator("train", config.batch_size, 0, 0, 1))
     batch = mesh_lib.global_batch(local, mesh, rules)
-    step_fn = trainer.make_train_step(task, tx, sched, rng, config, None)
+    step_fn = trainer.make_train_step(task, tx, sched, rng, config)
     jitted = jax.jit(step_fn, in_shardings=(shardings, jax.tree.map(lambda x: x.sharding, batch)),
                      out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
     t = time.perf_counter()

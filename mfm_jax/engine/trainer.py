@@ -67,7 +67,7 @@ class _Signals:
     return flag
 
 
-def make_train_step(task: Task, tx, schedule, train_rng, cfg, param_names):
+def make_train_step(task: Task, tx, schedule, train_rng, cfg):
   ema_decay = float(cfg.optimizer.get("ema_decay", 0.0))
   track_leaves = cfg.get("nonfinite_policy", "stop") == "stop"
 
@@ -95,7 +95,6 @@ def make_train_step(task: Task, tx, schedule, train_rng, cfg, param_names):
       out["nonfinite_leaves"] = jnp.stack([jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     return new_state, out
 
-  del param_names
   return train_step
 
 
@@ -195,7 +194,7 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
     summary.update(start_step=step, origin=origin, params=n_params, trainable_params=n_train)
     writer.write_scalars(step, {"params/total": n_params, "params/trainable": n_train})
 
-    step_fn = make_train_step(task, tx, schedule, train_rng, config, param_names)
+    step_fn = make_train_step(task, tx, schedule, train_rng, config)
     rep = mesh_lib.replicated(mesh)
     p_train_step = None
     p_eval_step = jax.jit(task.eval_step, in_shardings=(shardings.params, None, rep))

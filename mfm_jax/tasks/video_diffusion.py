@@ -84,14 +84,12 @@ class VideoDiffusionTask(Task):
 
   def loss(self, params, batch, rng):
     r_drop, r_noise = jax.random.split(rng)
-    b = batch["video"].shape[0]
     null = (jnp.broadcast_to(self.null_ids, batch["text_ids"].shape),
             jnp.broadcast_to(self.null_mask, batch["text_mask"].shape))
     ids, mask = guidance.drop_condition(r_drop, (batch["text_ids"], batch["text_mask"]), null,
                                         self.config.diffusion.cond_dropout)
-    per_ex, aux = objectives.loss(self.denoiser(params, ids, mask), batch["video"], r_noise,
-                                  self.config.diffusion.objective, **self._loss_kwargs())
-    del b, aux
+    per_ex, _ = objectives.loss(self.denoiser(params, ids, mask), batch["video"], r_noise,
+                                self.config.diffusion.objective, **self._loss_kwargs())
     loss = jnp.mean(per_ex)
     return loss, {"train/diffusion_loss": loss}
 
