@@ -32,7 +32,7 @@ class ByteTokenizer:
 
   def __init__(self, max_len: int):
     if max_len < 2:
-      raise ValueError(f"ByteTokenizer: max_len must be >= 2 (BOS and EOS), "
+      raise ValueError(f"{type(self).__name__}: max_len must be >= 2 (BOS and EOS), "
                        f"got {max_len}")
     self.max_len = int(max_len)
 
@@ -92,23 +92,21 @@ def split_words(text: str) -> list[str]:
   return _WORD.findall(text.lower())
 
 
-class WordTokenizer:
-  """Word-level tokenizer over a fixed vocabulary, same interface as ``ByteTokenizer``.
+class WordTokenizer(ByteTokenizer):
+  """Word-level tokenizer over a fixed vocabulary (``ByteTokenizer``'s interface and ``encode``).
 
   Ids: PAD = 0, BOS = 1, EOS = 2, UNK = 3, vocabulary word i -> i + 4. For a closed-vocabulary
   source like the procedural world (44 words) it gives the text encoder words instead of bytes
   to learn, at a fifth of the sequence length. Build the vocabulary with :meth:`from_texts`.
   """
 
-  pad_id, bos_id, eos_id, unk_id = PAD, BOS, EOS, UNK
+  unk_id = UNK
 
   def __init__(self, vocab: Sequence[str], max_len: int):
-    if max_len < 2:
-      raise ValueError(f"WordTokenizer: max_len must be >= 2 (BOS and EOS), got {max_len}")
+    super().__init__(max_len)
     if len(set(vocab)) != len(vocab):
       raise ValueError("WordTokenizer: the vocabulary has duplicate words")
     self.vocab = list(vocab)
-    self.max_len = int(max_len)
     self._ids = {w: i + 4 for i, w in enumerate(self.vocab)}
     self.vocab_size = len(self.vocab) + 4
 
@@ -126,14 +124,6 @@ class WordTokenizer:
     ids[1:1 + len(body)] = body
     ids[1 + len(body)] = EOS
     return ids
-
-  def encode(self, texts: str | Sequence[str]):
-    """A str (a batch of one) or B strs -> ids [B, L] int32, mask [B, L] bool."""
-    if isinstance(texts, str):
-      texts = [texts]
-    ids = np.stack([self.encode_one(t) for t in texts]) if len(texts) else (
-        np.zeros((0, self.max_len), np.int32))
-    return ids, ids != PAD
 
   def decode(self, ids):
     """ids [L] -> str (words joined by spaces), or [B, L] -> list of str."""
