@@ -14,7 +14,6 @@ copy of the config (prepare on one machine, read on many).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from collections.abc import Iterator
 
@@ -23,6 +22,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mfm_jax.data import tfds_base
 from mfm_jax.data import video_io
 from mfm_jax.data.sources import common
 
@@ -59,7 +59,7 @@ def parse_config_spec(spec: str, presets: dict) -> ClipConfig:
   return dataclasses.replace(cfg, name=name, description=f"custom {spec}")
 
 
-class ManualDirBuilder(tfds.core.GeneratorBasedBuilder):
+class ManualDirBuilder(tfds_base.LocalBuilder, skip_registration=True):
   """A builder over a local folder with the on_bad_record policy.
 
   Subclasses define `_info`, `_units(root)` -> {split: [Unit]} (records
@@ -76,22 +76,14 @@ class ManualDirBuilder(tfds.core.GeneratorBasedBuilder):
     """A preset name or "frames=K,res=R[,fps=F]" -> ClipConfig."""
     return parse_config_spec(spec, cls.PRESETS)
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS' default resolves the package through `importlib_resources`,
-    # which a TensorFlow-free install may lack (as world/builder.py).
-    return epath.Path(inspect.getfile(cls))
-
   def __init__(self, *, on_bad_record: str = "raise",
                num_workers: int | None = None,
                manual_dir: str | None = None, **kwargs):
     self.manual_dir = manual_dir
     self.on_bad_record = common.check_policy(on_bad_record)
-    self._num_workers = num_workers or min(4, os.cpu_count() or 1)
     self._bad = common.BadRecords(on_bad_record)
     self._kept: dict[str, int] = {}
-    super().__init__(**kwargs)
+    super().__init__(num_workers=num_workers or min(4, os.cpu_count() or 1), **kwargs)
     self._bad.dataset = f"{self.name}/{self.builder_config.name}"
 
   @classmethod

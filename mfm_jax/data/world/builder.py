@@ -26,10 +26,10 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mfm_jax.data import tfds_base
 from mfm_jax.data.world import generate
 from mfm_jax.data.world import sim
 
@@ -84,24 +84,13 @@ def _make_chunk(args) -> list[tuple[int, dict]]:
   return [(i, _clip_record(s, i, spec)) for i, s in items]
 
 
-class WorldVideo(tfds.core.GeneratorBasedBuilder):
+class WorldVideo(tfds_base.LocalBuilder):
   """Procedural world video clips with captions and object ground truth."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "World v1: one oblique camera, spheres/cubes."}
   BUILDER_CONFIGS = list(CONFIGS)
   DEFAULT_CONFIG_NAME = "smoke"
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS' default resolves the package through `importlib_resources`, which
-    # a TensorFlow-free install may lack; this file is the answer anyway.
-    return epath.Path(__file__)
-
-  def __init__(self, *, num_workers: int | None = None, **kwargs):
-    self._num_workers = num_workers
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     spec = self.builder_config.spec

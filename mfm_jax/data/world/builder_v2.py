@@ -24,12 +24,12 @@ import json
 import multiprocessing
 import os
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from mfm_jax.data.world import episode as episode_lib
 from mfm_jax.data.world import formats
+from mfm_jax.data import tfds_base
 from mfm_jax.data.world import generate
 from mfm_jax.data.world import sim
 
@@ -132,21 +132,12 @@ def _features(cfg: WorldV2Config, qa: bool) -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict(feats)
 
 
-class _WorldV2Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _WorldV2Builder(tfds_base.LocalBuilder, skip_registration=True):
   """Shared generation of world_multiview / world_qa."""
 
   VERSION = tfds.core.Version("1.0.0")
   DEFAULT_CONFIG_NAME = "smoke"
   QA = False
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
-
-  def __init__(self, *, num_workers: int | None = None, **kwargs):
-    self._num_workers = num_workers
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
