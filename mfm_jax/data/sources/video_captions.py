@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mfm_jax.data.sources import base
+from mfm_jax.data.world import builder as world_builder
 from mfm_jax.data.world import sim
 
 MAX_OBJECTS = sim.WorldSpec().max_objects
@@ -173,28 +174,10 @@ class VideoCaptions(base.ManualDirBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     t, r, k = cfg.num_frames, cfg.resolution, MAX_OBJECTS
-    tensor = tfds.features.Tensor
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__, disable_shuffling=True,
         features=tfds.features.FeaturesDict({
-            "video": tensor(shape=(t, r, r, 3), dtype=np.uint8,
-                            encoding="zlib"),
-            "caption": tfds.features.Text(),
-            "centers": tensor(shape=(t, k, 2), dtype=np.float32),
-            "colors": tensor(shape=(k, 3), dtype=np.uint8),
-            "obj_mask": tensor(shape=(k,), dtype=np.bool_),
-            "num_objects": tfds.features.Scalar(dtype=np.int32),
-            "instance": tensor(shape=(t, r, r), dtype=np.uint8,
-                               encoding="zlib"),
-            "visible": tensor(shape=(t, k), dtype=np.bool_),
-            "positions": tensor(shape=(t, k, 3), dtype=np.float32),
-            "shape_ids": tensor(shape=(k,), dtype=np.int32),
-            "color_ids": tensor(shape=(k,), dtype=np.int32),
-            "size_ids": tensor(shape=(k,), dtype=np.int32),
-            "seed": tfds.features.Scalar(dtype=np.int64),
-            "index": tfds.features.Scalar(dtype=np.int64),
-            "path": tfds.features.Text(),
-        }))
+            **world_builder.clip_features(t, r, r, k), "path": tfds.features.Text()}))
 
   def _empty_fields(self) -> dict:
     cfg = self.builder_config

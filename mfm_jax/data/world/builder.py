@@ -84,6 +84,28 @@ def _make_chunk(args) -> list[tuple[int, dict]]:
   return [(i, _clip_record(s, i, spec)) for i, s in items]
 
 
+def clip_features(t: int, h: int, w: int, k: int) -> dict:
+  """The fields of a ``world_video`` record (T frames of H x W, K object slots): the schema every
+  video-generation source shares (``sources/video_captions.py`` fills the object fields empty)."""
+  tensor = tfds.features.Tensor
+  return {
+      "video": tensor(shape=(t, h, w, 3), dtype=np.uint8, encoding="zlib"),
+      "caption": tfds.features.Text(),
+      "centers": tensor(shape=(t, k, 2), dtype=np.float32),
+      "colors": tensor(shape=(k, 3), dtype=np.uint8),
+      "obj_mask": tensor(shape=(k,), dtype=np.bool_),
+      "num_objects": tfds.features.Scalar(dtype=np.int32),
+      "instance": tensor(shape=(t, h, w), dtype=np.uint8, encoding="zlib"),
+      "visible": tensor(shape=(t, k), dtype=np.bool_),
+      "positions": tensor(shape=(t, k, 3), dtype=np.float32),
+      "shape_ids": tensor(shape=(k,), dtype=np.int32),
+      "color_ids": tensor(shape=(k,), dtype=np.int32),
+      "size_ids": tensor(shape=(k,), dtype=np.int32),
+      "seed": tfds.features.Scalar(dtype=np.int64),
+      "index": tfds.features.Scalar(dtype=np.int64),
+  }
+
+
 class WorldVideo(tfds_base.LocalBuilder):
   """Procedural world video clips with captions and object ground truth."""
 
@@ -95,23 +117,7 @@ class WorldVideo(tfds_base.LocalBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     spec = self.builder_config.spec
     t, h, w, k = spec.num_frames, spec.height, spec.width, spec.max_objects
-    tensor = tfds.features.Tensor
-    features = tfds.features.FeaturesDict({
-        "video": tensor(shape=(t, h, w, 3), dtype=np.uint8, encoding="zlib"),
-        "caption": tfds.features.Text(),
-        "centers": tensor(shape=(t, k, 2), dtype=np.float32),
-        "colors": tensor(shape=(k, 3), dtype=np.uint8),
-        "obj_mask": tensor(shape=(k,), dtype=np.bool_),
-        "num_objects": tfds.features.Scalar(dtype=np.int32),
-        "instance": tensor(shape=(t, h, w), dtype=np.uint8, encoding="zlib"),
-        "visible": tensor(shape=(t, k), dtype=np.bool_),
-        "positions": tensor(shape=(t, k, 3), dtype=np.float32),
-        "shape_ids": tensor(shape=(k,), dtype=np.int32),
-        "color_ids": tensor(shape=(k,), dtype=np.int32),
-        "size_ids": tensor(shape=(k,), dtype=np.int32),
-        "seed": tfds.features.Scalar(dtype=np.int64),
-        "index": tfds.features.Scalar(dtype=np.int64),
-    })
+    features = tfds.features.FeaturesDict(clip_features(t, h, w, k))
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__, features=features,
         disable_shuffling=True)
