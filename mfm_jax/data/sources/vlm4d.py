@@ -23,8 +23,9 @@ R = 32; "default": K = 16, R = 224):
   answer_index: int32, first choice whose text is the answer
   correct:      [4] bool
   category:     text: "exo" / "ego" (real, numeric id <= 922 / > 922),
-                "directional" / "false_positive" (synthetic, answer starts
-                with "no "), or the record's own `category` (else "")
+                "directional" / "false_positive" (synthetic, answer is
+                "no" or starts with "no "), or the record's own `category`
+                (else "")
   index:        int64, position in its file
 
 Bad input: a missing field, an answer that is not among the choices, a
@@ -64,6 +65,12 @@ def video_name(url: str) -> str:
   return os.path.basename(path.rstrip("/"))
 
 
+def is_false_positive(answer: str) -> bool:
+  """A synthetic false-positive item: answer "no" or "no ..." (as the paper)."""
+  ans = str(answer).strip().lower()
+  return ans == "no" or ans.startswith("no ")
+
+
 def category(split: str, record: dict, answer: str) -> str:
   """The paper's sub-benchmark of a question (see module docstring)."""
   if split == "real":
@@ -72,8 +79,7 @@ def category(split: str, record: dict, answer: str) -> str:
       return "exo" if int(m.group(1)) <= EXO_MAX_ID else "ego"
     return ""
   if split == "synthetic":
-    return ("false_positive" if answer.strip().lower().startswith("no ")
-            else "directional")
+    return "false_positive" if is_false_positive(answer) else "directional"
   return str(record.get("category", ""))
 
 
