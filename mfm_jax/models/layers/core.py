@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mfm_jax.models import peft as peft_lib
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 Names = tuple[str | None, ...]
@@ -88,14 +90,16 @@ class Dense(nn.Module):
   flat: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [..., *K] -> [..., *F]."""
+  def __call__(self, x: jax.Array, delta: jax.Array | None = None) -> jax.Array:
+    """x: [..., *K] -> [..., *F]; ``delta``: [*K, *F] added to the kernel (a merged adapter)."""
     feats = (self.features,) if isinstance(self.features, int) else tuple(self.features)
     shape = tuple(x.shape[x.ndim - self.in_axes:]) + feats
     if len(self.names) != len(shape):
       raise ValueError(f"{self.name}: kernel {shape} needs {len(shape)} names, got {self.names}")
     init = self.kernel_init or fan_avg_init(self.in_axes, len(shape))
     kernel = self.param("kernel", named(init, self.names), shape, self.param_dtype)
+    if delta is not None:
+      kernel = kernel + delta.astype(kernel.dtype)
     y = matmul(x.astype(self.dtype), kernel.astype(self.dtype), self.in_axes, self.flat)
     if self.use_bias:
       bias = self.param("bias", named(self.bias_init, self.names[self.in_axes:]), feats,
@@ -157,6 +161,8 @@ class Attention(nn.Module):
     head_dim: Dh (default D // N).
     out_features: output width (default D of the queries).
     zero_out: zero-initialise the output projection (the layer starts as a zero residual).
+    peft: a ``peft.PeftConfig``: LoRA / KAdaptation adapters on its ``targets`` projections
+      (parameters ``peft_*``; see ``mfm_jax.models.peft``). None = no adapters.
   """
   num_heads: int
   head_dim: int | None = None
@@ -167,11 +173,12 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   flat: bool = True
+  peft: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
                bias: jax.Array | None = None, mask: jax.Array | None = None,
-               causal: bool = False) -> jax.Array:
+               causal: bool = False, shared: Any = None) -> jax.Array:
     """Attends from ``x`` to ``context`` (or to ``x``).
 
     Args:
@@ -181,6 +188,7 @@ class Attention(nn.Module):
       mask: [B, Lk] bool key padding mask, True = attend. A row with no True key gets zero
         attention (the output is the out-projection bias), e.g. an empty caption.
       causal: also mask keys after the query position (self-attention).
+      shared: the tower's ``peft.SharedFactors`` output (KAdaptation slow factors), or None.
 
     Returns:
       [B, Lq, out_features].
@@ -192,9 +200,10 @@ class Attention(nn.Module):
         f, n, dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias,
         flat=self.flat, name=name, **kw)
     qkv_names = ("embed", "heads", "kv")
-    q = dense((self.num_heads, dh), qkv_names, "query")(x)
-    k = dense((self.num_heads, dh), qkv_names, "key")(kv_in)
-    v = dense((self.num_heads, dh), qkv_names, "value")(kv_in)
+    proj = peft_lib.AttentionHook(self, self.peft, shared)  # plain dense(x) when peft is None
+    q = proj("query", dense((self.num_heads, dh), qkv_names, "query"), x)
+    k = proj("key", dense((self.num_heads, dh), qkv_names, "key"), kv_in)
+    v = proj("value", dense((self.num_heads, dh), qkv_names, "value"), kv_in)
     q = constrain(q, ("batch", "length", "heads", "kv"))
     k = constrain(k, ("batch", "length", "heads", "kv"))
     v = constrain(v, ("batch", "length", "heads", "kv"))
@@ -222,15 +231,28 @@ class Attention(nn.Module):
     out = jnp.einsum("bnqk,bnkd->bnqd", probs.astype(self.dtype), v)
     out = out.transpose(0, 2, 1, 3)  # [B, Lq, N, Dh]
     out_init = zeros if self.zero_out else None
-    return dense(self.out_features or d, ("heads", "kv", "embed"), "out", in_axes=2,
-                 kernel_init=out_init)(out)
+    return proj("out", dense(self.out_features or d, ("heads", "kv", "embed"), "out", in_axes=2,
+                             kernel_init=out_init), out, in_axes=2)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu": lambda x: nn.gelu(x, approximate=False),  # exact (erf), torch's default GELU
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP
+    "silu": nn.silu,
+}
 
 
 class Mlp(nn.Module):
-  """Two-layer MLP with GELU (tanh approximation): ``[.., D] -> [.., hidden] -> [.., out]``."""
+  """Two-layer MLP: ``[.., D] -> [.., hidden] -> activation -> [.., out]``.
+
+  Attributes:
+    activation: a key of ``ACTIVATIONS``; default ``gelu_tanh`` (GELU, tanh approximation).
+  """
   hidden: int
   out_features: int | None = None
   zero_out: bool = False
+  activation: str = "gelu_tanh"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   flat: bool = True
@@ -242,7 +264,10 @@ class Mlp(nn.Module):
     h = Dense(self.hidden, ("embed", "mlp"), name="fc1", **kw)(x)
     if h.ndim == 3:  # token activations [B, L, M]: the largest tensor of a block
       h = constrain(h, ("batch", "length", "mlp"))
-    h = nn.gelu(h, approximate=True)
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"Mlp activation must be one of {sorted(ACTIVATIONS)}, "
+                       f"got {self.activation!r}")
+    h = ACTIVATIONS[self.activation](h)
     out_init = zeros if self.zero_out else None
     return Dense(self.out_features or x.shape[-1], ("mlp", "embed"), kernel_init=out_init,
                  name="fc2", **kw)(h)
@@ -251,7 +276,14 @@ class Mlp(nn.Module):
 class EncoderBlock(nn.Module):
   """Pre-LN transformer block: ``x + Attn(LN(x))`` then ``x + Mlp(LN(x))``.
 
-  Used by the text encoder (and any plain ViT-style tower).
+  Used by the text encoder, the ViT / video towers and the CLIP text tower.
+
+  Attributes:
+    mlp_dim: MLP hidden width (default ``int(D * mlp_ratio)``).
+    activation: MLP activation (see ``Mlp``); ``norm_epsilon``: LayerNorm epsilon.
+    scanned: return ``(x, None)`` (the ``nn.scan`` carry form) instead of ``x``.
+    peft: ``peft.PeftConfig`` for the attention adapters; ``shared`` (call arg): the tower's
+      ``peft.SharedFactors`` output (a broadcast argument under ``nn.scan``).
   """
   num_heads: int
   mlp_ratio: float = 4.0
@@ -259,18 +291,25 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   flat: bool = True
+  mlp_dim: int | None = None
+  activation: str = "gelu_tanh"
+  norm_epsilon: float = 1e-6
+  scanned: bool = False
+  peft: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
-               bias: jax.Array | None = None) -> jax.Array:
+               bias: jax.Array | None = None, shared: Any = None):
     """x: [B, L, D]; mask: [B, L] bool key padding; bias: [B or 1, N, L, L] -> [B, L, D]."""
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = constrain(x, ("batch", "length", "embed"))
-    h = LayerNorm(name="norm1", **kw)(x)
-    x = x + Attention(self.num_heads, flat=self.flat, name="attn", **kw)(
-        h, mask=mask, bias=bias, causal=self.causal)
-    h = LayerNorm(name="norm2", **kw)(x)
-    return x + Mlp(int(x.shape[-1] * self.mlp_ratio), flat=self.flat, name="mlp", **kw)(h)
+    h = LayerNorm(self.norm_epsilon, name="norm1", **kw)(x)
+    x = x + Attention(self.num_heads, flat=self.flat, peft=self.peft, name="attn", **kw)(
+        h, mask=mask, bias=bias, causal=self.causal, shared=shared)
+    h = LayerNorm(self.norm_epsilon, name="norm2", **kw)(x)
+    hidden = self.mlp_dim or int(x.shape[-1] * self.mlp_ratio)
+    x = x + Mlp(hidden, activation=self.activation, flat=self.flat, name="mlp", **kw)(h)
+    return (x, None) if self.scanned else x
 
 
 _POLICIES = {

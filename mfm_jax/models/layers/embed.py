@@ -43,6 +43,7 @@ class TubeletEmbed(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   flat: bool = True
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -51,9 +52,11 @@ class TubeletEmbed(nn.Module):
     shape = (pt, ph, pw, x.shape[-1], self.features)
     kernel = self.param("kernel", named(fan_avg_init(4, 5), (None, None, None, "conv_in",
                                                                "embed")), shape, self.param_dtype)
-    bias = self.param("bias", named(zeros, ("embed",)), (self.features,), self.param_dtype)
     p = patchify(x.astype(self.dtype), self.patch)
     y = matmul(p, kernel.reshape(-1, self.features).astype(self.dtype), 1, self.flat)
+    if not self.use_bias:  # e.g. CLIP's bias-free patch embedding
+      return y
+    bias = self.param("bias", named(zeros, ("embed",)), (self.features,), self.param_dtype)
     return y + bias.astype(self.dtype)
 
 
