@@ -44,7 +44,7 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(
       name="world_video", builder_config="small", data_dir=None, num_frames=a.frames,
       resolution=a.res, tokenizer="words", max_text_len=80,  # captions: <= 77 words
-      worker_count=0))
+      object_weight=0.0, view=0, worker_count=0))   # view: world_multiview camera, -1: all
 
   c.model = ml_collections.ConfigDict(dict(
       variant=a.variant, width=0, depth=0, num_heads=0,   # 0: from the variant table
@@ -80,7 +80,7 @@ def get_config(arg=None):
     c.eval.num_videos = 4
   if a.b:   # accelerator preset: 16 x 64 x 64 pixels, B/4 DiT, fsdp over the devices
     c.total_steps, c.batch_size = 100_000, 256
-    c.data.builder_config, c.data.num_frames, c.data.resolution = "default", 16, 64
+    c.data.builder_config, c.data.num_frames, c.data.resolution = "full", 16, 64
     c.model.variant, c.model.dtype, c.model.remat_policy = "B/4", "bfloat16", "dots"
     c.model.text = dict(width=512, depth=6, num_heads=8, patch=1)
     c.mesh.axes = dict(data=1, fsdp=-1, context=1, tensor=1)
@@ -88,7 +88,7 @@ def get_config(arg=None):
     c.eval_every, c.checkpoint.every = 5000, 2000
   if a.xl:  # XL/2 on 16 x 64 x 64, fsdp x tensor; scan over blocks to bound compile time
     c.total_steps, c.batch_size = 400_000, 512
-    c.data.builder_config, c.data.num_frames, c.data.resolution = "default", 16, 64
+    c.data.builder_config, c.data.num_frames, c.data.resolution = "full", 16, 64
     c.model.variant, c.model.dtype, c.model.remat_policy = "XL/2", "bfloat16", "dots"
     c.model.scan_blocks, c.model.attention = True, "factorized"
     c.model.text = dict(width=768, depth=12, num_heads=12, patch=1)

@@ -24,6 +24,9 @@ Batches are dicts of numpy arrays, B = per-process batch size:
   centers:   [B, T, K, 2] float32 normalised (x, y), same frames as video
   colors:    [B, K, 3] uint8
   obj_mask:  [B, K] bool
+  loss_weight: [B, T, H, W, 1] float32 (only with data.object_weight > 0): 1 + w * the fraction
+             of the pixel covered by objects (from the record's instance masks), for a diffusion
+             loss that is not dominated by the empty floor
 
 The source is built on first use (`load_source`). In a multi-process run on a
 shared file system, build it once first (e.g. on process 0 before the other
@@ -46,12 +49,14 @@ def default_data_config() -> ml_collections.ConfigDict:
   """The data config of the smoke world (every field documented)."""
   c = ml_collections.ConfigDict()
   c.name = "world_video"         # TFDS dataset name (embedded: world_video)
-  c.builder_config = "smoke"     # smoke / small / default
+  c.builder_config = "smoke"     # smoke / small / full
+  c.view = 0                     # world_multiview / world_qa: the camera view; -1: every view
   c.data_dir = ml_collections.config_dict.placeholder(str)  # None: cache
   c.num_frames = 8               # frames kept (temporal stride from the clip)
   c.resolution = 32              # output H = W
   c.tokenizer = "bytes"          # bytes | words (vocabulary of the train split's captions)
   c.max_text_len = 384           # tokens incl. BOS/EOS; captions are <~ 350 B, <= 77 words
+  c.object_weight = 0.0          # > 0: a per-pixel loss weight 1 + w * (object coverage)
   c.worker_count = 0             # grain worker processes (0: in process)
   c.read_threads = 2             # grain reader threads per process
   return c
@@ -89,10 +94,11 @@ def resize_video(video: np.ndarray, resolution: int) -> np.ndarray:
 class Preprocess(grain.transforms.Map):
   """One TFDS record -> model example (picklable for grain workers)."""
 
-  def __init__(self, num_frames: int, resolution: int, tokenizer):
+  def __init__(self, num_frames: int, resolution: int, tokenizer, object_weight: float = 0.0):
     self.num_frames = int(num_frames)
     self.resolution = int(resolution)
     self.tokenizer = tokenizer
+    self.object_weight = float(object_weight)
 
   def map(self, element: dict) -> dict:
     """Returns the unbatched fields of the module docstring."""
@@ -109,7 +115,7 @@ class Preprocess(grain.transforms.Map):
     if isinstance(caption, bytes):
       caption = caption.decode("utf-8")
     ids = self.tokenizer.encode_one(caption)
-    return {
+    out = {
         "video": video.astype(np.float32),
         "text_ids": ids,
         "text_mask": ids != tokenizer_lib.PAD,
@@ -117,6 +123,13 @@ class Preprocess(grain.transforms.Map):
         "colors": np.asarray(colors, np.uint8),
         "obj_mask": np.asarray(obj_mask, bool),
     }
+    if self.object_weight > 0:
+      if "instance" not in element:
+        raise KeyError(f"data.object_weight={self.object_weight} needs instance masks, but the "
+                       f"record has no 'instance' field (has {sorted(element)})")
+      cover = (np.asarray(element["instance"])[idx] > 0).astype(np.float32)[..., None]
+      out["loss_weight"] = 1.0 + self.object_weight * resize_video(cover, self.resolution)
+    return out
 
 
 def _ensure_flags_parsed() -> None:
@@ -138,8 +151,7 @@ def _source(data_config, split: str):
 @functools.lru_cache(maxsize=8)
 def _train_captions(name: str, builder_config: str, data_dir: str | None) -> tuple[str, ...]:
   src = sources.load_source(name=name, config=builder_config, data_dir=data_dir, split="train")
-  caps = (src[i]["caption"] for i in range(len(src)))
-  return tuple(c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in caps)
+  return tuple(sources.world_views.all_captions(src))   # every view's captions
 
 
 def make_tokenizer(data_config):
@@ -156,7 +168,7 @@ def make_tokenizer(data_config):
 
 def _preprocess(data_config) -> Preprocess:
   return Preprocess(data_config.num_frames, data_config.resolution,
-                    make_tokenizer(data_config))
+                    make_tokenizer(data_config), data_config.get("object_weight", 0.0))
 
 
 def make_dataset(data_config, split: str, batch_size: int, seed: int,

@@ -89,7 +89,8 @@ class VideoDiffusionTask(Task):
     ids, mask = guidance.drop_condition(r_drop, (batch["text_ids"], batch["text_mask"]), null,
                                         self.config.diffusion.cond_dropout)
     per_ex, _ = objectives.loss(self.denoiser(params, ids, mask), batch["video"], r_noise,
-                                self.config.diffusion.objective, **self._loss_kwargs())
+                                self.config.diffusion.objective, mask=batch.get("loss_weight"),
+                                **self._loss_kwargs())
     loss = jnp.mean(per_ex)
     return loss, {"train/diffusion_loss": loss}
 

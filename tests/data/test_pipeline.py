@@ -162,3 +162,26 @@ def test_unknown_builder_config_is_a_clear_error(cfg):
   cfg.builder_config = "huge"
   with pytest.raises(ValueError, match="unknown builder config 'huge'"):
     pipeline.make_iterator(cfg, "train", 4, seed=0)
+
+
+def test_object_weight_follows_the_instance_masks(cfg):
+  """loss_weight = 1 + w * object coverage of each output pixel (area average of the masks)."""
+  cfg.object_weight = 10.0
+  src = builder.load_source(config="smoke", split="validation", data_dir=cfg.data_dir)
+  record = src[0]
+  ex = pipeline.load_examples(cfg, "validation", 1)[0]
+  weight = ex["loss_weight"]
+  assert weight.shape == (4, 16, 16, 1) and weight.dtype == np.float32
+  idx = pipeline.frame_indices(record["instance"].shape[0], 4)
+  inst = record["instance"][idx] > 0                       # [4, 32, 32] at the stored size
+  cover = inst.reshape(4, 16, 2, 16, 2).mean((2, 4))       # 2x2 area average -> 16x16
+  np.testing.assert_allclose(weight[..., 0], 1.0 + 10.0 * cover, rtol=1e-6)
+  assert weight.max() > 1.0 and weight.min() == 1.0        # objects present, floor weighted 1
+
+
+def test_object_weight_without_instance_masks_is_a_clear_error(cfg):
+  record = builder.load_source(config="smoke", split="validation", data_dir=cfg.data_dir)[0]
+  record = {k: v for k, v in record.items() if k != "instance"}
+  prep = pipeline.Preprocess(4, 16, tok_lib.ByteTokenizer(64), object_weight=5.0)
+  with pytest.raises(KeyError, match="object_weight.*instance"):
+    prep.map(record)

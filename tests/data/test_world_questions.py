@@ -4,12 +4,14 @@ import dataclasses
 import numpy as np
 import pytest
 
+from mfm_jax.data.world import annotate
 from mfm_jax.data.world import camera as camera_lib
 from mfm_jax.data.world import episode
 from mfm_jax.data.world import formats
 from mfm_jax.data.world import questions as qlib
 from mfm_jax.data.world import questions_vlm4d as v4lib
 from mfm_jax.data.world import sim
+from tests.data.test_world_spin import screen_turns, top_down_camera
 
 SPEC = episode.world_v2_spec()
 SEEDS = range(24)
@@ -38,7 +40,7 @@ def test_every_type_is_made_and_well_formed(clips):
   assert types == {"Explanation", "Counterfactual Thinking",
                    "Future Prediction", "Temporal Understanding",
                    "Attribution Understanding", "direction", "counting",
-                   "false_positive", "ego_motion"}
+                   "false_positive", "ego_motion", "rotation"}
   for _, mm, v4 in clips:
     for q in mm + v4:
       assert len(q.options) == 4 == len(set(q.options)), q
@@ -147,9 +149,10 @@ def test_vlm4d_direction_from_displacement(clips):
 def test_vlm4d_counting_false_positive_ego(clips):
   for ep, q in _by_type(clips, "counting"):
     vis = ep.views[0]["visible"]
+    spins = np.abs(ep.scene.spins) > v4lib.SPINNING
     moved = [i for i in np.flatnonzero(ep.scene.mask)
-             if np.any(vis[:, i] & (np.linalg.norm(
-                 ep.scene.velocities[:, i], axis=-1) > 0))]
+             if np.any(vis[:, i] & ((np.linalg.norm(
+                 ep.scene.velocities[:, i], axis=-1) > 0) | spins[:, i]))]
     assert q.answer_text == str(len(moved))
   for ep, q in _by_type(clips, "false_positive"):
     names = {qlib.name(ep.scene, i) for i in np.flatnonzero(ep.scene.mask)}
@@ -164,6 +167,39 @@ def test_vlm4d_counting_false_positive_ego(clips):
     want = {"forward": fwd, "backward": -fwd, "right": right,
             "left": -right}[q.answer_text]
     assert np.dot(step[:2], want) > 0
+
+
+def test_vlm4d_rotation_against_sim_and_pixels(clips):
+  """The sense comes from the simulated yaw rate and is the one seen from
+  above: a camera straight above the cube sees it turn that way."""
+  seen = set()
+  for ep, q in _by_type(clips, "rotation"):
+    scene, i = ep.scene, q.evidence["object"]
+    assert scene.objects.shape[i] == sim.CUBE
+    assert q.question == (f"Is the {qlib.name(scene, i)} rotating clockwise "
+                          "or counterclockwise, seen from above?")
+    assert set(q.options) <= set(v4lib.ROTATIONS)
+    rate, yaw = scene.spins[:, i], scene.yaws[:, i]
+    np.testing.assert_allclose(q.evidence["yaw_rate"], rate, atol=1e-4)
+    if q.answer_text == "not rotating":
+      assert not np.any(rate) and np.all(yaw == yaw[0])
+      continue
+    assert q.answer_text in ("clockwise", "counterclockwise")
+    sign = 1.0 if q.answer_text == "counterclockwise" else -1.0
+    assert np.all(sign * rate >= 0) and sign * (yaw[-1] - yaw[0]) > 0
+    turning = np.abs(rate) > v4lib.SPINNING
+    assert 2 * (turning & ep.views[0]["visible"][:, i]).sum() >= \
+        ep.views[0]["visible"][:, i].sum()
+    if q.answer_text not in seen:   # pixels: one clip of each sense
+      seen.add(q.answer_text)
+      track = [top_down_camera(*scene.positions[t, i, :2], height=3.0)
+               for t in range(scene.spec.num_frames)]
+      inst = annotate.render_view(scene, track)["instance"]
+      turns = screen_turns(inst, i)[turning[1:]]
+      assert sign * turns.sum() > 0 and np.mean(sign * turns > 0) > 0.8
+  assert seen == {"clockwise", "counterclockwise"}
+  answers = {q.answer_text for _, q in _by_type(clips, "rotation")}
+  assert "not rotating" in answers
 
 
 def test_schemas(clips):

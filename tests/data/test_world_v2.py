@@ -173,3 +173,44 @@ def test_episode_record_and_determinism():
       assert value == b[key], key
   # Depth is camera z: re-projecting a pixel's depth lands on its ray.
   assert a["depth"].min() > 0
+
+
+def test_enter_exit_events_and_captions_per_view():
+  from mfm_jax.data.world import formats  # pylint: disable=g-import-not-at-top
+  differ = 0
+  for seed in range(6):
+    ep = episode.generate_episode(seed, SPEC, num_views=4)
+    rec = episode.episode_record(ep)
+    stored = json.loads(rec["view_events"])
+    assert len(stored) == 4 and len(json.loads(rec["view_captions"])) == 4
+    assert json.loads(rec["view_captions"])[0] == rec["caption"]
+    assert [episode.event_dict(e) for e in ep.events] == json.loads(
+        rec["events"]) and ep.events == ep.view_events(0)
+    for v, view in enumerate(ep.views):
+      in_view = view["in_view"]
+      want = [(t, int(i), "enter" if in_view[t, i] else "exit")
+              for t in range(1, in_view.shape[0])
+              for i in np.flatnonzero(in_view[t] != in_view[t - 1])]
+      assert [(e["frame"], e["i"], e["kind"]) for e in stored[v]] == want
+      physics = [e for e in ep.view_events(v) if e.kind not in
+                 ("enter", "exit")]
+      assert physics == episode.sort_events(ep.scene.events)
+      # Questions about view v use view v's events and camera.
+      mm, v4 = formats.clip_questions(ep, view=v)
+      seen = {(e["kind"], e["i"]) for e in stored[v]}
+      for q in mm:
+        if q.type == "Temporal Understanding":
+          for key in q.evidence["events"]:
+            kind, i, _ = key.split()
+            assert kind not in ("enter", "exit") or (kind, int(i)) in seen
+      right, fwd = camera_lib.ground_axes(ep.tracks[v][0])
+      for q in v4:
+        if q.type == "direction" and q.answer_text != "not moving":
+          i = q.evidence["object"]
+          d = ep.scene.positions[-1, i, :2] - ep.scene.positions[0, i, :2]
+          a, b = d @ right, d @ fwd
+          assert q.answer_text == (
+              ("right" if a > 0 else "left") if abs(a) > abs(b) else
+              ("away from the camera" if b > 0 else "towards the camera"))
+    differ += stored[0] != stored[2]
+  assert differ > 0   # views see different enter / exit events

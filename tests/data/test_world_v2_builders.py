@@ -15,9 +15,8 @@ from mfm_jax.data.world import export
 
 
 @pytest.mark.parametrize("name", ["world_multiview", "world_qa"])
-def test_smoke_build_matches_generation(tmp_path, name):
-  src = builder.load_source(name, "smoke", str(tmp_path), "validation",
-                            num_workers=2)
+def test_smoke_build_matches_generation(world_v2_data_dir, name):
+  src = builder.load_source(name, "smoke", world_v2_data_dir, "validation")
   cfg = builder_v2.BUILDERS[name].BUILDER_CONFIGS[0]
   assert len(src) == cfg.num_validation
   for index in (0, len(src) - 1):
@@ -32,6 +31,8 @@ def test_smoke_build_matches_generation(tmp_path, name):
         assert got.decode() == value, key
       else:
         np.testing.assert_array_equal(got, value, err_msg=key)
+    assert rec["yaw"].shape == rec["positions"].shape[:2]
+    assert len(json.loads(rec["view_events"])) == cfg.num_views
     if name == "world_qa":
       mm = json.loads(rec["mmworld"])
       assert mm["video_id"] == vid and mm["questions"]
@@ -89,3 +90,17 @@ def test_export_is_byte_identical_and_decodes(tmp_path):
   assert not filecmp.cmp(os.path.join(a, "vlm4d.json"),
                          os.path.join(tmp_path, "c", "vlm4d.json"),
                          shallow=False)
+
+
+def test_config_names_are_smoke_small_full():
+  from configs import video_gen  # pylint: disable=g-import-not-at-top
+  from mfm_jax.data.sources import video_captions  # pylint: disable=g-import-not-at-top
+  names = ("smoke", "small", "full")
+  assert builder.CONFIG_NAMES == names
+  for cls in builder_v2.BUILDERS.values():
+    assert tuple(c.name for c in cls.BUILDER_CONFIGS) == names
+  assert tuple(video_captions.PRESETS) == names
+  assert tuple(export.SIZES) == names
+  for preset in ("b", "xl"):
+    data = video_gen.get_config(preset).data
+    assert data.builder_config == "full" and data.name == "world_video"

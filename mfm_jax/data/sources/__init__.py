@@ -20,10 +20,14 @@ A data config names a source by `name` ("world_video" or another world
 dataset, one of NAMES, or "<name>:<manual_dir>", e.g.
 "video_captions:/home/me/footage"), with
 `builder_config`, `data_dir` and optionally `manual_dir`, `on_bad_record`.
+The multi-view world datasets ("world_multiview", "world_qa") are read one
+view per example: `view` (default 0; -1: every view; world_views.py).
 """
 from __future__ import annotations
 
 import importlib
+
+from mfm_jax.data.sources import world_views
 
 NAMES = ("mmworld", "vlm4d", "image_folder", "video_captions")
 _DEFAULT_SPLIT = {"mmworld": "test", "vlm4d": "real",
@@ -94,17 +98,21 @@ def load_source(name: str, config: str | None = None,
 def source_from_config(data_config, split: str):
   """The source `pipeline` reads: `data_config.name` and friends.
 
-  World names go to the world builder exactly as before; NAMES take
-  `manual_dir` (or "<name>:<dir>") and `on_bad_record` from the config when
-  it has them.
+  World names go to the world builder exactly as before (world_multiview /
+  world_qa records with their view selected by `view`, default 0: see
+  world_views.ViewSource); NAMES take `manual_dir` (or "<name>:<dir>") and
+  `on_bad_record` from the config when it has them.
   """
   base, _ = parse_name(data_config.name)
-  if base not in NAMES:
-    return module(base).load_source(
-        name=base, config=data_config.builder_config,
-        data_dir=data_config.data_dir, split=split)
   get = data_config.get if hasattr(data_config, "get") else (
       lambda k, d=None: getattr(data_config, k, d))
+  if base not in NAMES:
+    src = module(base).load_source(
+        name=base, config=data_config.builder_config,
+        data_dir=data_config.data_dir, split=split)
+    if base in world_views.DATASETS:
+      src = world_views.ViewSource(src, get("view", 0), name=base)
+    return src
   return load_source(data_config.name, data_config.builder_config,
                      data_config.data_dir, split,
                      manual_dir=get("manual_dir", None),

@@ -28,8 +28,8 @@ so `pipeline.Preprocess` and the video generation configs read them as is
   seed:       int64 -1;  index: int64 row number in its file
   path:       text, the row's path (extra field)
 
-Configs have the world's clip shapes: "smoke" 8 x 32 x 32, "small" and
-"default" 16 x 64 x 64, or "frames=T,res=R[,fps=F]". Train on a folder:
+Configs have the world's clip shapes (and names): "smoke" 8 x 32 x 32,
+"small" and "full" 16 x 64 x 64, or "frames=T,res=R[,fps=F]". Train on a folder:
 
   python -m mfm_jax.train --config configs/video_gen.py --workdir /tmp/v \\
       --config.data.name=video_captions:/path/to/footage
@@ -63,8 +63,8 @@ PRESETS = {
                              description="8 frames at 32x32 (world smoke)."),
     "small": base.ClipConfig(name="small", num_frames=16, resolution=64,
                              description="16 frames at 64x64 (world small)."),
-    "default": base.ClipConfig(name="default", num_frames=16, resolution=64,
-                               description="16 frames at 64x64."),
+    "full": base.ClipConfig(name="full", num_frames=16, resolution=64,
+                            description="16 frames at 64x64 (world full)."),
 }
 _FILES = tuple(f"{stem}.{ext}" for stem in ("train", "validation", "captions")
                for ext in ("jsonl", "csv"))

@@ -1,7 +1,7 @@
 """The procedural world: objects on a ground plane, one or many cameras.
 
 World v1 (world_video; pinned bit for bit, tests/data/test_world_v1_pinned.py):
-  sim.py        WorldSpec, simulate(seed, spec) -> Scene (physics, events)
+  sim.py        WorldSpec, simulate(seed, spec) -> Scene (physics, spin, events)
   camera.py     OpenCV pinhole cameras, look_at, project; orbit / ego cameras
   render.py     NumPy ray casting: rgb, depth, instance ids
   captions.py   captions in image terms (+ describe_varied for v2)
@@ -13,7 +13,7 @@ World v2 (new WorldSpec fields; episode.world_v2_spec()):
   twins.py      counterfactual twins (remove / velocity / colour), diffs
   episode.py    generate_episode(seed, spec, num_views, ego_motion) -> Episode
   questions.py  MMWorld-type questions from the simulation
-  questions_vlm4d.py  VLM4D-style questions (direction, counting, ...)
+  questions_vlm4d.py  VLM4D-style questions (direction, counting, rotation, ...)
   formats.py    MMWorld / VLM4D JSON records
   builder_v2.py TFDS builders `world_multiview`, `world_qa`
   export.py     mp4 + JSON export (tools/make_world.py)

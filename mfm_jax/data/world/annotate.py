@@ -55,7 +55,8 @@ def render_view(scene: sim.Scene, track: list[camera_lib.Camera]
   for t, cam in enumerate(track):
     sub = sim.Scene(seed=scene.seed, spec=scene.spec, objects=scene.objects,
                     positions=scene.positions[t:t + 1],
-                    velocities=scene.velocities[t:t + 1], events=())
+                    velocities=scene.velocities[t:t + 1], events=(),
+                    yaws=scene.yaws[t:t + 1], spins=scene.spins[t:t + 1])
     parts.append(render.render(sub, cam))
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

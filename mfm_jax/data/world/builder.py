@@ -7,7 +7,7 @@ Read it with `builder.as_data_source(split)` (random access, for grain).
 Configs (train / validation clips):
   smoke:   64 / 16, 8 frames of 32x32   (seconds; tests and CPU smoke runs)
   small:   1,000 / 64, 16 frames of 64x64
-  default: 5,000 / 256, 16 frames of 64x64
+  full:    5,000 / 256, 16 frames of 64x64
 
 Clip `index` of split `split` is `generate_clip(clip_seed(base_seed, split,
 index), spec)`: the data is a pure function of (config, version). Records are
@@ -55,7 +55,7 @@ CONFIGS = (
         name="small", description="1,000/64 clips of 16 frames at 64x64.",
         num_train=1000, num_validation=64),
     WorldVideoConfig(
-        name="default", description="5,000/256 clips of 16 frames at 64x64.",
+        name="full", description="5,000/256 clips of 16 frames at 64x64.",
         num_train=5000, num_validation=256),
 )
 CONFIG_NAMES = tuple(c.name for c in CONFIGS)

@@ -3,15 +3,17 @@
   world_multiview  V calibrated orbit views per clip (for 4D fitting): video,
                    depth, instance ids, 2D centres / boxes per view,
                    intrinsics and per-frame world_to_camera, 3D positions,
-                   events, scene graph, twins (JSON).
+                   cube yaws / yaw rates, events (and enter / exit events
+                   and a caption per view), scene graph, twins (JSON).
   world_qa         one view per clip, exo-centric or (ego_fraction of the
                    clips) ego-centric, with the same ground truth plus the
                    clip's questions: `mmworld` (its MMWorld video-level
                    record), `vlm4d` (its VLM4D records) and `questions` (all
                    questions with their simulation evidence), JSON strings.
 
-Configs (train / validation clips; see CONFIGS): smoke (8 frames of 32x32,
-tests), small (16x64x64), full. Clip `index` of `split` is
+Configs (train / validation clips; see MULTIVIEW_CONFIGS / QA_CONFIGS): smoke
+(8 frames of 32x32 at 4 fps, spins at most 2.4 rad/s; tests), small
+(16x64x64), full. Fields: `episode.episode_record`. Clip `index` of `split` is
 `episode.generate_episode(clip_seed(base_seed, split, index), spec, ...)`:
 the data is a pure function of (builder, config, version), whatever the
 number of worker processes. Generation runs in chunks of clips on a "spawn"
@@ -48,7 +50,9 @@ class WorldV2Config(tfds.core.BuilderConfig):
   base_seed: int = 0
 
 
-_SMOKE_SPEC = dict(num_frames=8, height=32, width=32, fps=4.0)
+# 4 fps: spins below pi / 4 * fps (sim.WorldSpec).
+_SMOKE_SPEC = dict(num_frames=8, height=32, width=32, fps=4.0, min_spin=1.2,
+                   max_spin=2.4)
 
 
 def _configs(views: int, ego: float, sizes) -> list[WorldV2Config]:
@@ -115,12 +119,15 @@ def _features(cfg: WorldV2Config, qa: bool) -> tfds.features.FeaturesDict:
       "world_to_camera": ten(shape=(v, t, 4, 4), dtype=np.float32),
       "positions": ten(shape=(t, k, 3), dtype=np.float32),
       "velocities": ten(shape=(t, k, 3), dtype=np.float32),
+      "yaw": ten(shape=(t, k), dtype=np.float32),
+      "yaw_rate": ten(shape=(t, k), dtype=np.float32),
       "obj_mask": ten(shape=(k,), dtype=np.bool_),
       "colors": ten(shape=(k, 3), dtype=np.uint8),
       "num_objects": tfds.features.Scalar(dtype=np.int32),
       "motion_speed": tfds.features.Scalar(dtype=np.float32),
       "motion_level": tfds.features.Scalar(dtype=np.int32),
       "caption": text(), "ego_motion": text(), "events": text(),
+      "view_events": text(), "view_captions": text(),
       "scene_graph": text(), "twins": text(), "video_id": text(),
       "seed": tfds.features.Scalar(dtype=np.int64),
       "index": tfds.features.Scalar(dtype=np.int64),
@@ -135,7 +142,7 @@ def _features(cfg: WorldV2Config, qa: bool) -> tfds.features.FeaturesDict:
 class _WorldV2Builder(tfds_base.LocalBuilder, skip_registration=True):
   """Shared generation of world_multiview / world_qa."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
   DEFAULT_CONFIG_NAME = "smoke"
   QA = False
 
@@ -169,13 +176,17 @@ class _WorldV2Builder(tfds_base.LocalBuilder, skip_registration=True):
 
 class WorldMultiview(_WorldV2Builder):
   """World clips seen by K calibrated orbit cameras."""
-  RELEASE_NOTES = {"1.0.0": "World v2: 4 orbit views, 3 shapes, metal."}
+  RELEASE_NOTES = {"1.0.0": "World v2: 4 orbit views, 3 shapes, metal.",
+                   "1.1.0": "Spinning cubes (yaw, yaw_rate); enter / exit "
+                            "events and captions per view."}
   BUILDER_CONFIGS = MULTIVIEW_CONFIGS
 
 
 class WorldQa(_WorldV2Builder):
   """World clips (exo / ego) with MMWorld- and VLM4D-schema questions."""
-  RELEASE_NOTES = {"1.0.0": "World v2 questions, both schemas."}
+  RELEASE_NOTES = {"1.0.0": "World v2 questions, both schemas.",
+                   "1.1.0": "Spinning cubes and VLM4D rotation questions; "
+                            "per-view events and captions."}
   BUILDER_CONFIGS = QA_CONFIGS
   QA = True
 

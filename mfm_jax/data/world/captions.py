@@ -4,7 +4,7 @@ Each object gets one clause with its size, colour and shape, its coarse start
 position in the image (a 3x3 grid: "at the top left", "in the center", ...),
 the image direction of its first lasting motion ("moves down-left", "stays
 still"; see `first_motion`) and the event that ends it ("then hits the blue
-cube", "then hits a wall"). Clauses are joined by "; ", e.g.
+cube", "then hits a wall", "then stops"). Clauses are joined by "; ", e.g.
 
   "a large red sphere starts at the top left and rolls right, then hits the
   small blue cube; a small blue cube in the center stays still."
@@ -95,7 +95,7 @@ def first_motion(scene: sim.Scene, i: int, min_frames: float = 2.0
 
 def _event_name(scene: sim.Scene, i: int, event: sim.Event | None) -> str:
   """'the green cube', 'a wall' or '' for what ends object i's motion."""
-  if event is None:
+  if event is None or event.kind == "stop":
     return ""
   if event.kind == "wall":
     return "a wall"
@@ -140,7 +140,9 @@ def describe(scene: sim.Scene, centers: np.ndarray,
       clause = f"a {name} starts {where} and {verb} {way}"
     else:
       clause = f"a {name} {where} {verb} {way}"
-    if hit:
+    if event is not None and event.kind == "stop":   # worlds with decel
+      clause += ", then stops"
+    elif hit:
       clause += f", then hits {hit}"
     clauses.append(clause)
   return "; ".join(clauses) + "."
@@ -166,9 +168,10 @@ def describe_varied(scene: sim.Scene, centers: np.ndarray,
   """A caption with varied templates: opener, per-object clauses, events.
 
   Deterministic by scene.seed. Per-object clauses are those of `describe`;
-  then up to 4 events (collisions, stops, view enter/exit; wall bounces are
-  left to the clauses) in time order, each with its time, e.g. "At 1.2 s the
-  red sphere collides with the blue cube."
+  then one sentence per spinning cube ("The red cube spins clockwise, seen
+  from above."; sim.rotation_sense); then up to 4 events (collisions, stops,
+  view enter/exit; wall bounces are left to the clauses) in time order, each
+  with its time, e.g. "At 1.2 s the red sphere collides with the blue cube."
 
   Args:
     scene: the simulated scene.
@@ -182,6 +185,10 @@ def describe_varied(scene: sim.Scene, centers: np.ndarray,
   parts = [opener.format(n=_NUMBERS[n], N=_NUMBERS[n].capitalize())]
   body = describe(scene, centers, image_velocity)
   parts.append(body[0].upper() + body[1:])
+  for i in np.flatnonzero(scene.mask & (scene.objects.spin != 0)):
+    parts.append(f"The {object_name(scene, i, with_size=False)} spins "
+                 f"{sim.rotation_sense(scene.objects.spin[i])}, seen from "
+                 f"above.")
   chosen = [e for e in sorted(events, key=lambda e: (e.time, e.kind, e.i))
             if e.kind in _EVENT_FORMS][:4]
   for e in chosen:

@@ -3,9 +3,10 @@
 `generate_episode(seed, spec, num_views, ego_motion)` simulates one scene and
 renders it from V views: V orbit cameras (exo-centric; view 0 is the v1
 camera) or, with `ego_motion`, one moving camera (ego-centric, V = 1). It adds
-per-view 2D annotations (annotate.py), the camera-dependent events of view 0
-(enter / exit), a caption with varied templates, the scene graph, the motion
-intensity and the counterfactual twins. `episode_record` flattens it into the
+per-view 2D annotations (annotate.py) with each view's camera-dependent
+events (enter / exit), a caption per view with varied templates (`caption`
+and `events` are view 0's), the scene graph, the motion intensity and the
+counterfactual twins. `episode_record` flattens it into the
 arrays and JSON strings stored by the world_multiview / world_qa builders.
 
 `generate.generate_clip` (world v1, world_video) is unchanged and separate.
@@ -35,14 +36,19 @@ class Episode:
   frames: list            # V dicts: rgb / depth / instance
   views: list             # V dicts of annotate.annotate_view
   events: list            # physics events + view-0 enter/exit, time order
-  caption: str
+  caption: str            # view 0's caption (view_captions[0])
   graph: dict             # scene_graph.build of view 0
   twins: list             # twins_lib.Twin
   ego_motion: str         # "" for fixed cameras
+  view_captions: list = dataclasses.field(default_factory=list)  # V str
 
   @property
   def num_views(self) -> int:
     return len(self.tracks)
+
+  def view_events(self, v: int) -> list[sim.Event]:
+    """Physics events + view v's enter / exit events, in time order."""
+    return sort_events(list(self.scene.events) + self.views[v]["events"])
 
 
 def event_dict(e: sim.Event) -> dict:
@@ -87,15 +93,16 @@ def generate_episode(seed: int, spec: sim.WorldSpec, num_views: int = 1,
   frames = [annotate.render_view(scene, tr) for tr in tracks]
   views = [annotate.annotate_view(scene, tr, f)
            for tr, f in zip(tracks, frames)]
-  events = sort_events(list(scene.events) + views[0]["events"])
-  caption = captions.describe_varied(scene, views[0]["centers"],
-                                     views[0]["image_velocity"], events)
+  per_view = [sort_events(list(scene.events) + v["events"]) for v in views]
+  texts = [captions.describe_varied(scene, v["centers"], v["image_velocity"],
+                                    e) for v, e in zip(views, per_view)]
   graph = scene_graph.build(scene, views[0]["centers"],
                             views[0]["center_depth"])
   twins = twins_lib.sample_twins(scene, seed) if with_twins else []
   return Episode(seed=int(seed), spec=spec, scene=scene, tracks=tracks,
-                 frames=frames, views=views, events=events, caption=caption,
-                 graph=graph, twins=twins, ego_motion=ego_motion)
+                 frames=frames, views=views, events=per_view[0],
+                 caption=texts[0], graph=graph, twins=twins,
+                 ego_motion=ego_motion, view_captions=texts)
 
 
 def episode_record(ep: Episode) -> dict:
@@ -109,10 +116,15 @@ def episode_record(ep: Episode) -> dict:
       in_view [V, T, K] bool, intrinsics [V, 3, 3] float32,
       world_to_camera [V, T, 4, 4] float32 (per frame: ego cameras move),
       positions [T, K, 3] float32, velocities [T, K, 3] float32,
+      yaw / yaw_rate [T, K] float32 (radians, unwrapped / rad s^-1,
+      counterclockwise seen from above; non-zero only for cubes),
       obj_mask [K] bool, shape_ids / color_ids / size_ids / material_ids
       [K] int32, colors [K, 3] uint8, num_objects, motion_speed float32
       (view 0), motion_level int32, caption str, ego_motion str,
-      events / scene_graph / twins: JSON strings, seed int.
+      events (physics + view 0's enter / exit) / scene_graph / twins:
+      JSON strings, view_events: JSON [V][events] (view v's enter / exit),
+      view_captions: JSON [V] captions (view_captions[0] == caption),
+      seed int.
   """
   scene, obj = ep.scene, ep.scene.objects
   mask = scene.mask
@@ -128,6 +140,8 @@ def episode_record(ep: Episode) -> dict:
       "world_to_camera": np.stack([[c.world_to_camera for c in tr]
                                    for tr in ep.tracks]).astype(np.float32),
       "positions": scene.positions, "velocities": scene.velocities,
+      "yaw": scene.yaws.astype(np.float32),
+      "yaw_rate": scene.spins.astype(np.float32),
       "obj_mask": mask.copy(),
       "shape_ids": obj.shape.astype(np.int32),
       "color_ids": obj.color.astype(np.int32),
@@ -140,6 +154,9 @@ def episode_record(ep: Episode) -> dict:
       "motion_level": np.int32(ep.views[0]["motion_level"]),
       "caption": ep.caption, "ego_motion": ep.ego_motion,
       "events": json.dumps([event_dict(e) for e in ep.events]),
+      "view_events": json.dumps([[event_dict(e) for e in v["events"]]
+                                 for v in ep.views]),
+      "view_captions": json.dumps(ep.view_captions),
       "scene_graph": json.dumps(ep.graph),
       "twins": json.dumps([twins_lib.twin_record(t) for t in ep.twins]),
       "seed": np.int64(ep.seed),
@@ -147,14 +164,18 @@ def episode_record(ep: Episode) -> dict:
 
 
 def world_v2_spec(**overrides) -> sim.WorldSpec:
-  """The complete world: 2-6 objects, 3 shapes / sizes, metal, friction.
+  """The complete world: 2-6 objects, 3 shapes / sizes, metal, friction, spin.
 
   The arena (8.5) is wider than the view of the v1 camera at fov 40, so
-  objects enter and leave the view; decel 0.8 stops the slower objects.
+  objects enter and leave the view; decel 0.8 stops the slower objects (and
+  slows spins). 60 % of the cubes spin at 2.5-4.5 rad/s (18-32 degrees per
+  frame at 8 fps; override min_spin / max_spin below pi / 4 * fps at lower
+  frame rates).
   """
   base = dict(min_objects=2, max_objects=6,
               shapes=("sphere", "cube", "cylinder"), sizes=(0.3, 0.45, 0.6),
-              metal_prob=0.4, decel=0.8, arena_size=8.5, fov_deg=40.0)
+              metal_prob=0.4, decel=0.8, arena_size=8.5, fov_deg=40.0,
+              spin_prob=0.6, min_spin=2.5, max_spin=4.5)
   base.update(overrides)
   return sim.WorldSpec(**base)
 

@@ -12,8 +12,9 @@ VLM4D (one record per question; exactly the fields of real_mc.json):
 VLM4D ids are "<video_id>_<ego|exo>_<category>_<n>", so a reader can split
 them by perspective and category without extra fields.
 
-`clip_questions(ep)` makes every question of an episode (view 0), and
-`world_qa_record` keeps them with their evidence for the world_qa builder.
+`clip_questions(ep, view)` makes every question about one view of an episode
+(view 0 by default: the video the records point to), with that view's enter /
+exit events; `evidence_records` keeps them with their evidence (world_qa).
 """
 from __future__ import annotations
 
@@ -32,11 +33,12 @@ def video_id(prefix: str, index: int) -> str:
   return f"{prefix}_{index:06d}"
 
 
-def clip_questions(ep: episode_lib.Episode
+def clip_questions(ep: episode_lib.Episode, view: int = 0
                    ) -> tuple[list[mm_lib.Question], list[mm_lib.Question]]:
-  """(MMWorld-type questions, VLM4D-style questions) of an episode."""
-  mm = mm_lib.mmworld_questions(ep.scene, ep.events, ep.twins, ep.seed)
-  v4 = v4_lib.vlm4d_questions(ep.scene, ep.views[0], ep.tracks[0],
+  """(MMWorld-type questions, VLM4D-style questions) of view `view`."""
+  mm = mm_lib.mmworld_questions(ep.scene, ep.view_events(view), ep.twins,
+                                ep.seed)
+  v4 = v4_lib.vlm4d_questions(ep.scene, ep.views[view], ep.tracks[view],
                               ep.ego_motion, ep.seed)
   return mm, v4
 

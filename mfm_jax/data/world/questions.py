@@ -116,8 +116,9 @@ def explanation(scene, events, rng) -> Question | None:
   wall, friction = "Because it bounces off a wall.", \
       "Because friction slows it down until it stops."
   near = {(x.kind, x.i, x.j) for x in events if abs(x.time - e.time) < 0.3}
-  if e.kind == "stop":
-    text = f"Why does the {name(scene, i)} stop moving at about {e.time:.1f} s?"
+  if e.kind == "stop":   # a cube may still spin: it stops sliding
+    verb = "sliding" if np.any(scene.spins[e.frame:, i]) else "moving"
+    text = f"Why does the {name(scene, i)} stop {verb} at about {e.time:.1f} s?"
     correct, wrong = friction, [hit(k) for k in ids] + [wall]
   else:
     text = (f"Why does the {name(scene, i)} change direction at about "
@@ -276,7 +277,8 @@ def mmworld_questions(scene: sim.Scene, events, twins, seed: int
 
   Args:
     scene: the simulated scene.
-    events: all sim.Events of the clip (physics + view-0 enter/exit).
+    events: all sim.Events of the clip seen from the asked view (physics +
+      that view's enter / exit; episode.Episode.view_events).
     twins: its counterfactual twins (twins.sample_twins).
     seed: the clip seed (phrasing, choices and option order).
   """

@@ -2,8 +2,9 @@
 
 One ray per pixel centre (no anti-aliasing: every object pixel keeps the exact
 hue of its palette colour, which the colour-based trajectory metric relies
-on). Analytic ray-sphere, ray-box (axis-aligned cube) and ray-cylinder
-(upright, radius r, half-height r) intersections, the ground plane z = 0,
+on). Analytic ray-sphere, ray-box (a cube with vertical edges turned by its
+yaw: rays are moved into the box frame, where it is axis-aligned) and
+ray-cylinder (upright, radius r, half-height r) intersections, the ground plane z = 0,
 Lambertian shading with an ambient term and hard shadows from one directional
 light. Shading of matte objects multiplies the palette colour by a scalar, so
 hue and saturation are preserved and only brightness changes; metal objects
@@ -53,33 +54,27 @@ def _intersect_cylinder(d, oc, radius):
   return best
 
 
-def _intersect(origin, direction, center, radius, is_cube, mask,
-               is_cyl=None):
-  """Distances from N rays to K objects.
+def _to_box(x, y, rot):
+  """World (x, y) offsets [N, K] -> box frame: rotation by -yaw."""
+  c, s = rot[..., 0], rot[..., 1]
+  return c * x + s * y, c * y - s * x
 
-  Args:
-    origin: [N, 3] ray origins.
-    direction: [N, 3] unit ray directions.
-    center: [N, K, 3] object centres seen by each ray.
-    radius: [K] sphere radius / cube half-side.
-    is_cube: [K] bool.
-    mask: [K] bool, real objects.
-    is_cyl: [K] bool upright cylinders (overrides is_cube), or None.
 
-  Returns:
-    [N, K] distance to the first hit in front of the origin, inf if none.
-  """
-  o = [origin[:, None, a] for a in range(3)]        # [N, 1] each
-  d = [direction[:, None, a] for a in range(3)]
-  oc = [o[a] - center[..., a] for a in range(3)]    # [N, K] each
-  # Spheres: |o + t d - c|^2 = r^2 with |d| = 1.
+def _hit_spheres(d, oc, radius):
+  """Ray-sphere distances, |o + t d - c|^2 = r^2 with |d| = 1. [N, k]."""
   b = d[0] * oc[0] + d[1] * oc[1] + d[2] * oc[2]
   c = oc[0] ** 2 + oc[1] ** 2 + oc[2] ** 2 - radius ** 2
   disc = b * b - c
   sq = np.sqrt(np.maximum(disc, 0.0))
   t_sph = np.where(-b - sq > _EPS, -b - sq, -b + sq)
-  t_sph = np.where((disc >= 0) & (t_sph > _EPS), t_sph, np.inf)
-  # Axis-aligned cubes: slab method.
+  return np.where((disc >= 0) & (t_sph > _EPS), t_sph, np.inf)
+
+
+def _hit_boxes(d, oc, radius, rot):
+  """Ray-cube distances: slab method in the box frame (axis-aligned there)."""
+  if rot is not None:
+    oc = [*_to_box(oc[0], oc[1], rot), oc[2]]
+    d = [*_to_box(d[0], d[1], rot), d[2]]
   t_near = np.full(oc[0].shape, -np.inf, np.float32)
   t_far = np.full(oc[0].shape, np.inf, np.float32)
   with np.errstate(divide="ignore", invalid="ignore"):
@@ -90,21 +85,65 @@ def _intersect(origin, direction, center, radius, is_cube, mask,
       t_near = np.maximum(t_near, np.minimum(lo, hi))
       t_far = np.minimum(t_far, np.maximum(lo, hi))
   t_box = np.where(t_near > _EPS, t_near, t_far)
-  t_box = np.where((t_far >= t_near) & (t_box > _EPS), t_box, np.inf)
-  t = np.where(is_cube, t_box, t_sph)
-  if is_cyl is not None and np.any(is_cyl):
-    t = np.where(is_cyl, _intersect_cylinder(d, oc, radius), t)
-  return np.where(mask, t, np.inf)
+  return np.where((t_far >= t_near) & (t_box > _EPS), t_box, np.inf)
 
 
-def _box_corners(positions, radius):
+def _intersect(origin, direction, center, radius, is_cube, mask,
+               is_cyl=None, rot=None):
+  """Distances from N rays to K objects.
+
+  Each shape's intersection runs on the columns of the objects of that shape
+  only (elementwise, so the same numbers as on all columns).
+
+  Args:
+    origin: [N, 3] ray origins.
+    direction: [N, 3] unit ray directions.
+    center: [N, K, 3] object centres seen by each ray.
+    radius: [K] sphere radius / cube half-side.
+    is_cube: [K] bool.
+    mask: [K] bool, real objects.
+    is_cyl: [K] bool upright cylinders (overrides is_cube), or None.
+    rot: [N, K, 2] (cos, sin) of each cube's yaw seen by each ray, or None
+      (axis-aligned cubes).
+
+  Returns:
+    [N, K] distance to the first hit in front of the origin, inf if none.
+  """
+  d = [direction[:, None, a] for a in range(3)]     # [N, 1] each
+  kind = np.where(is_cube, 1, 0)
+  if is_cyl is not None:
+    kind = np.where(is_cyl, 2, kind)
+  t = np.full(center.shape[:2], np.inf, np.float32)
+  for k in range(3):
+    cols = np.flatnonzero((kind == k) & mask)
+    if not len(cols):
+      continue
+    oc = [origin[:, None, a] - center[:, cols, a] for a in range(3)]
+    r = radius[cols]
+    if k == 0:
+      t[:, cols] = _hit_spheres(d, oc, r)
+    elif k == 1:
+      t[:, cols] = _hit_boxes(d, oc, r, None if rot is None else rot[:, cols])
+    else:
+      t[:, cols] = _intersect_cylinder(d, oc, r)
+  return t
+
+
+def _box_corners(positions, radius, rot=None):
   """Corners of each object's axis-aligned bounding box [c - r, c + r].
 
-  (The cube itself, or the box around the sphere.) Returns: [T, K, 8, 3].
+  (The cube itself, or the box around the sphere; with rot [T, K, 2], the
+  (cos, sin) of the yaws, the x / y half-sides of a turned cube's box grow to
+  r (|cos| + |sin|).) Returns: [T, K, 8, 3].
   """
   signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1)
                     for z in (-1, 1)], np.float32)
-  return positions[:, :, None] + signs * radius[None, :, None, None]
+  if rot is None:
+    return positions[:, :, None] + signs * radius[None, :, None, None]
+  grow = np.abs(rot).sum(-1)                                 # [T, K]
+  half = radius[None, :, None] * np.stack([grow, grow, np.ones_like(grow)],
+                                          -1)                # [T, K, 3]
+  return positions[:, :, None] + signs * half[:, :, None]
 
 
 def _rects_to_mask(lo, hi, valid, shape) -> np.ndarray:
@@ -140,7 +179,7 @@ def _screen_rect(points, camera):
 def render_frames(positions, radius, is_cube, rgb, mask,
                   camera: camera_lib.Camera, light_dir=(-0.45, -0.6, 1.0),
                   ambient: float = 0.4, arena_half: float = 3.0,
-                  is_cyl=None, metal=None) -> dict[str, np.ndarray]:
+                  is_cyl=None, metal=None, yaw=None) -> dict[str, np.ndarray]:
   """Renders T frames of K objects seen by `camera`.
 
   Only rays that may hit an object (screen rectangles of the objects'
@@ -160,6 +199,8 @@ def render_frames(positions, radius, is_cube, rgb, mask,
     arena_half: half side of the arena (its floor is drawn lighter).
     is_cyl: [K] bool upright cylinders (override is_cube), or None.
     metal: [K] bool metal objects (specular highlight), or None.
+    yaw: [T, K] cube yaws, radians counterclockwise about +z (sim.py), or
+      None: axis-aligned cubes (the same image as zero yaws).
 
   Returns:
     dict with rgb: [T, H, W, 3] uint8, depth: [T, H, W] float32 camera-frame
@@ -180,7 +221,11 @@ def render_frames(positions, radius, is_cube, rgb, mask,
   origin, dirs = camera.pixel_rays()
   origin = origin.astype(np.float32)
   dirs = dirs.reshape(-1, 3).astype(np.float32)               # [P, 3]
-  corners = _box_corners(positions, radius)          # [T, K, 8, 3]
+  rot = None
+  if yaw is not None:
+    yaw = np.where(is_cube, np.asarray(yaw, np.float32), 0.0)
+    rot = np.stack([np.cos(yaw), np.sin(yaw)], -1).astype(np.float32)
+  corners = _box_corners(positions, radius, rot)     # [T, K, 8, 3]
   valid = np.broadcast_to(mask, (t_count, k))
   full = np.ones((t_count, h, w), bool)
 
@@ -203,7 +248,8 @@ def render_frames(positions, radius, is_cube, rgb, mask,
   tt, pp = np.nonzero(cand.reshape(t_count, -1))
   if len(tt):
     dist = _intersect(np.broadcast_to(origin, (len(pp), 3)), dirs[pp],
-                      positions[tt], radius, is_cube, mask, is_cyl)
+                      positions[tt], radius, is_cube, mask, is_cyl,
+                      None if rot is None else rot[tt])
     near = np.argmin(dist, -1)
     t_near = dist[np.arange(len(near)), near]
     closer = t_near < t_hit[tt, pp]
@@ -214,9 +260,18 @@ def render_frames(positions, radius, is_cube, rgb, mask,
   ko = obj[ot, op]
   obj_pt = origin + t_hit[ot, op, None] * dirs[op]             # [M, 3]
   local = (obj_pt - positions[ot, ko]) / radius[ko][:, None]
-  axis = np.argmax(np.abs(local), -1)
+  box = local
+  if rot is not None:   # normals in the box frame, turned back by +yaw
+    r_o = rot[ot, ko][:, None]                                  # [M, 1, 2]
+    box = np.stack([*_to_box(local[:, :1], local[:, 1:2], r_o), local[:, 2:]],
+                   -1)[:, 0]
+  axis = np.argmax(np.abs(box), -1)
   box_n = np.eye(3, dtype=np.float32)[axis] * np.sign(
-      local[np.arange(len(axis)), axis])[:, None]
+      box[np.arange(len(axis)), axis])[:, None]
+  if rot is not None:
+    c, s = rot[ot, ko, 0], rot[ot, ko, 1]
+    box_n = np.stack([c * box_n[:, 0] - s * box_n[:, 1],
+                      s * box_n[:, 0] + c * box_n[:, 1], box_n[:, 2]], -1)
   sph_n = local / np.maximum(np.linalg.norm(local, axis=-1, keepdims=True),
                              1e-6)
   obj_n = np.where(is_cube[ko][:, None], box_n, sph_n)
@@ -238,7 +293,8 @@ def render_frames(positions, radius, is_cube, rgb, mask,
                              ground_pt[gp] + 1e-3 * np.float32([0, 0, 1])])
   s_t = np.concatenate([ot, gt])
   dist = _intersect(s_origin, np.broadcast_to(light, s_origin.shape),
-                    positions[s_t], radius, is_cube, mask, is_cyl)
+                    positions[s_t], radius, is_cube, mask, is_cyl,
+                    None if rot is None else rot[s_t])
   lit = ~np.any(np.isfinite(dist), -1)
   lit_shade = ambient + (1.0 - ambient) * max(float(light[2]), 0.0)
   shade = np.full((t_count, h * w), lit_shade, np.float32)
@@ -271,6 +327,8 @@ def render(scene: sim.Scene, camera: camera_lib.Camera | None = None
            ) -> dict[str, np.ndarray]:
   """Renders a simulated scene; camera defaults to the world v1 camera.
 
+  Cubes are drawn with their yaw (scene.yaws) when any is non-zero.
+
   Returns:
     dict of rgb [T, H, W, 3] uint8, depth [T, H, W] float32 and
     instance [T, H, W] uint8 (see render_frames).
@@ -284,4 +342,5 @@ def render(scene: sim.Scene, camera: camera_lib.Camera | None = None
                        rgb, obj.mask, camera, light_dir=spec.light_dir,
                        ambient=spec.ambient, arena_half=spec.arena_size / 2,
                        is_cyl=obj.shape == sim.CYLINDER,
-                       metal=obj.material == sim.METAL)
+                       metal=obj.material == sim.METAL,
+                       yaw=scene.yaws if np.any(scene.yaws) else None)

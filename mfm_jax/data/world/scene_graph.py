@@ -5,7 +5,8 @@ A scene graph is a JSON-able dict:
   {"objects": [{"id": 0, "name": "large red metal sphere", "shape": "sphere",
                 "color": "red", "size": "large", "material": "metal",
                 "radius": 0.55, "initial_position": [x, y],
-                "initial_velocity": [vx, vy], "static": false}, ...],
+                "initial_velocity": [vx, vy], "initial_yaw": 0.0,
+                "initial_yaw_rate": 0.0, "static": false}, ...],
    "relations": [{"subject": 0, "predicate": "left_of", "object": 2,
                   "spans": [[0, 5], [9, 15]]}, ...]}
 
@@ -58,6 +59,8 @@ def object_attributes(scene: sim.Scene, i: int) -> dict:
       "radius": round(float(obj.radius[i]), 4),
       "initial_position": [round(float(x), 4) for x in obj.position[i]],
       "initial_velocity": [round(float(x), 4) for x in obj.velocity[i]],
+      "initial_yaw": round(float(obj.yaw[i]), 4),        # radians (sim.py)
+      "initial_yaw_rate": round(float(obj.spin[i]), 4),  # rad / s
       "static": not bool(moves.any()),
   }
 

@@ -6,15 +6,25 @@ World frame (right-handed, metres-like units):
     by four invisible walls; +x is "right" and +y is "away" from the default
     camera, which stands at negative y looking towards +y and down.
 
-An object is a sphere (radius r), an axis-aligned cube (half-side r) or an
-upright cylinder (radius r, half-height r) resting on the ground, so its centre
-is at height z = r; it is matte or metal (rendering only). Motion is 2D on the
-plane: no friction by default (energy is conserved), elastic object-object
-collisions (objects collide as discs of radius r, mass proportional to r^3) and
-elastic bounces on the walls. Two optional frictions: `friction` (linear
-damping, speeds decay but never reach 0) and `decel` (Coulomb-like constant
-deceleration: objects come to rest, which is recorded as a `stop` event).
-Everything is deterministic given the seed.
+An object is a sphere (radius r), a cube (half-side r, vertical edges, turned
+by its yaw) or an upright cylinder (radius r, half-height r) resting on the
+ground, so its centre is at height z = r; it is matte or metal (rendering
+only). Motion is 2D on the plane: no friction by default (energy is
+conserved), elastic object-object collisions (objects collide as discs of
+radius r, mass proportional to r^3) and elastic bounces on the walls. Two
+optional frictions: `friction` (linear damping, speeds decay but never reach
+0) and `decel` (Coulomb-like constant deceleration: objects come to rest,
+which is recorded as a `stop` event). Everything is deterministic given the
+seed.
+
+Spin (off unless `spin_prob` > 0): cubes get a random yaw and, with
+probability spin_prob, a yaw rate of [min_spin, max_spin] rad/s and random
+sign. Yaw is counterclockwise about +z, i.e. seen from above (`rotation_sense`);
+it is stored unwrapped. Spheres and cylinders get no yaw or spin: drawn
+without texture, their yaw would be invisible. `friction` damps yaw rates like
+velocities; `decel` removes SPIN_FRICTION * decel / r of yaw rate per second
+(spins stop; no event). Collisions leave spin unchanged (frictionless
+contacts: the impulse is along the line of centres, no torque).
 
 Events (`Event.kind`): "collision" (i, j), "wall" (i, wall), "stop" (i) from
 the physics here; "enter" / "exit" (i) depend on a camera and are computed from
@@ -25,10 +35,8 @@ v1 bit for bit (tests/data/test_world_v1_pinned.py); new random draws happen
 after all v1 draws, and only when their feature is switched on.
 
 Arrays are padded to a fixed capacity K = spec.max_objects with `mask` marking
-the real objects (static shapes). Written by hand: no kept library simulates
-this tiny world, and the later issues (counterfactual twins: re-simulate the
-same scene with one object removed or changed) need `run_physics` on edited
-`ObjectSet`s.
+the real objects (static shapes). Written by hand (no kept library simulates
+this tiny world); twins re-run `run_physics` on edited `ObjectSet`s.
 """
 from __future__ import annotations
 
@@ -56,6 +64,9 @@ SIZE_NAMES = ("small", "large")   # names of 2 sizes (v1); 3: size_names()
 MATERIAL_NAMES = ("matte", "metal")
 SPHERE, CUBE, CYLINDER = 0, 1, 2
 MATTE, METAL = 0, 1
+# (Angular / linear Coulomb deceleration) * r of a cube on its square base,
+# uniform pressure: torque mu m g r (sqrt 2 + asinh 1) / 3, inertia 2 m r^2 / 3.
+SPIN_FRICTION = (np.sqrt(2.0) + np.arcsinh(1.0)) / 2.0
 
 
 def size_names(num_sizes: int) -> tuple[str, ...]:
@@ -90,6 +101,9 @@ class WorldSpec:
   max_speed: float = 2.6
   still_prob: float = 0.2         # probability that an object starts at rest
   friction: float = 0.0           # linear damping per second (0: elastic world)
+  spin_prob: float = 0.0          # probability that a cube spins (0: no yaw)
+  min_spin: float = 1.0           # |yaw rate| of a spinning cube, rad / s
+  max_spin: float = 2.5           # (max_spin / fps < pi / 4: see __post_init__)
   # The one fixed oblique camera of v1 (see camera.py).
   camera_eye: tuple[float, float, float] = (0.0, -6.0, 8.0)
   camera_target: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -114,6 +128,12 @@ class WorldSpec:
     if self.num_frames < 1 or self.height < 1 or self.width < 1:
       raise ValueError(f"WorldSpec needs positive num_frames/height/width, got "
                        f"{self.num_frames}/{self.height}/{self.width}")
+    # A quarter turn looks like none: >= pi / 4 per frame aliases the sense.
+    if self.spin_prob > 0 and not (
+        0 < self.min_spin <= self.max_spin < np.pi / 4 * self.fps):
+      raise ValueError(f"WorldSpec with spin_prob > 0 needs 0 < min_spin <= "
+                       f"max_spin < pi / 4 * fps, got {self.min_spin}, "
+                       f"{self.max_spin} at fps={self.fps}")
 
   @property
   def size_names(self) -> tuple[str, ...]:
@@ -147,11 +167,16 @@ class ObjectSet:
   position: np.ndarray   # [K, 2] float32, (x, y) on the ground
   velocity: np.ndarray   # [K, 2] float32, units per second
   material: np.ndarray | None = None  # [K] int32 MATTE / METAL; None: matte
+  yaw: np.ndarray | None = None       # [K] float32 radians; None: 0
+  spin: np.ndarray | None = None      # [K] float32 yaw rate, rad / s; None: 0
 
   def __post_init__(self):
+    k = self.mask.shape[0]
     if self.material is None:
-      object.__setattr__(self, "material",
-                         np.zeros(self.mask.shape[0], np.int32))
+      object.__setattr__(self, "material", np.zeros(k, np.int32))
+    for key in ("yaw", "spin"):
+      if getattr(self, key) is None:
+        object.__setattr__(self, key, np.zeros(k, np.float32))
 
   @property
   def num_objects(self) -> int:
@@ -172,6 +197,14 @@ class Scene:
   positions: np.ndarray   # [T, K, 3] float32 centres (z = radius); 0 if padded
   velocities: np.ndarray  # [T, K, 3] float32
   events: tuple[Event, ...]
+  yaws: np.ndarray | None = None   # [T, K] float32 radians, unwrapped; None: 0
+  spins: np.ndarray | None = None  # [T, K] float32 yaw rates; None: 0
+
+  def __post_init__(self):
+    for key in ("yaws", "spins"):
+      if getattr(self, key) is None:
+        object.__setattr__(self, key, np.zeros(self.positions.shape[:2],
+                                               np.float32))
 
   @property
   def mask(self) -> np.ndarray:
@@ -219,9 +252,17 @@ def sample_objects(rng: np.random.Generator, spec: WorldSpec) -> ObjectSet:
   if spec.metal_prob > 0:  # drawn last: v1 streams are unchanged
     material = np.where(mask & (rng.random(size=k) < spec.metal_prob),
                         METAL, MATTE).astype(np.int32)
+  yaw = spin = np.zeros(k, np.float32)
+  if spec.spin_prob > 0:   # drawn after metal: streams without spin unchanged
+    cube = mask & (shape == CUBE)
+    yaw = np.where(cube, rng.uniform(0.0, np.pi / 2, size=k), 0.0)
+    rate = (rng.uniform(spec.min_spin, spec.max_spin, size=k)
+            * rng.choice([-1.0, 1.0], size=k))
+    spin = np.where(cube & (rng.random(size=k) < spec.spin_prob), rate, 0.0)
   return ObjectSet(mask=mask, shape=shape, color=color, size=size,
                    radius=radius, position=position,
-                   velocity=velocity.astype(np.float32), material=material)
+                   velocity=velocity.astype(np.float32), material=material,
+                   yaw=yaw.astype(np.float32), spin=spin.astype(np.float32))
 
 
 def _collide(p, v, m, i, j) -> bool:
@@ -254,7 +295,9 @@ def run_physics(objects: ObjectSet, spec: WorldSpec, seed: int = 0) -> Scene:
   Frame 0 is the initial state; each frame advances 1 / fps seconds in
   spec.substeps steps. Walls and collisions are elastic; spec.friction
   damps velocities, spec.decel removes decel * dt of speed per step and
-  brings objects to rest (a "stop" event when a moving object stops).
+  brings objects to rest (a "stop" event when a moving object stops). Yaw
+  rates decay by the same friction (see the module docstring); collisions
+  do not change them.
 
   Args:
     objects: initial state, capacity K.
@@ -262,7 +305,8 @@ def run_physics(objects: ObjectSet, spec: WorldSpec, seed: int = 0) -> Scene:
     seed: recorded in the Scene (the physics itself is deterministic).
 
   Returns:
-    The Scene with positions / velocities [T, K, 3] and the event list.
+    The Scene with positions / velocities [T, K, 3], yaws / spins [T, K]
+    and the event list.
   """
   t_count, k = spec.num_frames, objects.mask.shape[0]
   mask = objects.mask
@@ -280,8 +324,12 @@ def run_physics(objects: ObjectSet, spec: WorldSpec, seed: int = 0) -> Scene:
   pair_i, pair_j = pair_i[pair_ok], pair_j[pair_ok]
   r_pair = r[pair_i] + r[pair_j]
   touching = np.zeros(len(pair_i), bool)  # for one event per contact
-  positions = np.zeros((t_count, k, 2))
-  velocities = np.zeros((t_count, k, 2))
+  yaw = np.where(mask, objects.yaw, 0.0).astype(np.float64)   # [K] radians
+  w = np.where(mask, objects.spin, 0.0).astype(np.float64)    # [K] rad / s
+  spin_dv = SPIN_FRICTION * spec.decel * dt / np.where(mask, r, 1.0)
+  yaws, spins = np.zeros((t_count, k)), np.zeros((t_count, k))
+  yaws[0], spins[0] = yaw, w
+  positions, velocities = np.zeros((t_count, k, 2)), np.zeros((t_count, k, 2))
   positions[0], velocities[0] = p, v
   events = []
   walls = (("x_min", "x_max"), ("y_min", "y_max"))
@@ -291,6 +339,11 @@ def run_physics(objects: ObjectSet, spec: WorldSpec, seed: int = 0) -> Scene:
       v *= damp
       if spec.decel > 0:
         _decelerate(v, spec.decel * dt, mask, frame, time, events)
+      if w.any():
+        w *= damp
+        if spec.decel > 0:
+          w = np.sign(w) * np.maximum(np.abs(w) - spin_dv, 0.0)
+        yaw += w * dt
       p += v * dt
       low = (p < lo) & (v < 0)
       high = (p > hi) & (v > 0)
@@ -311,13 +364,28 @@ def run_physics(objects: ObjectSet, spec: WorldSpec, seed: int = 0) -> Scene:
             events.append(Event("collision", frame, time, i, j))
         touching = contact
     positions[frame], velocities[frame] = p, v
+    yaws[frame], spins[frame] = yaw, w
   positions = np.where(mask[None, :, None], positions, 0.0)
   velocities = np.where(mask[None, :, None], velocities, 0.0)
   z = np.broadcast_to(np.where(mask, r, 0.0)[None, :, None], (t_count, k, 1))
   pos3 = np.concatenate([positions, z], -1).astype(np.float32)
   vel3 = np.concatenate([velocities, np.zeros_like(z)], -1).astype(np.float32)
   return Scene(seed=seed, spec=spec, objects=objects, positions=pos3,
-               velocities=vel3, events=tuple(events))
+               velocities=vel3, events=tuple(events),
+               yaws=yaws.astype(np.float32), spins=spins.astype(np.float32))
+
+
+def rotation_sense(yaw_rate: float) -> str:
+  """'counterclockwise' (> 0), 'clockwise' (< 0) or '' (0), seen from above.
+
+  From above: looking down -z, +x right and +y up (the ground as a map).
+  Every camera of the world is above the ground and sees the same sense on
+  screen; in pixel coordinates (OpenCV, v down) atan2(v, u) of a point of a
+  counterclockwise-turning cube decreases.
+  """
+  if yaw_rate > 0:
+    return "counterclockwise"
+  return "clockwise" if yaw_rate < 0 else ""
 
 
 def simulate(seed: int, spec: WorldSpec = WorldSpec()) -> Scene:
