@@ -2,9 +2,9 @@
 
 Everything here is NumPy on the host: the tables are computed once per (static) setting, at trace
 time, and enter the jitted graph as float32 constants. They follow diffusers' schedulers
-(``DDPMScheduler``, ``DDIMScheduler``, ``EulerDiscreteScheduler``,
-``FlowMatchEulerDiscreteScheduler``) formula by formula *and* precision by precision, since that is
-what "the same sampler" means for a checkpoint trained with diffusers:
+(``DDPMScheduler``, ``DDIMScheduler``, ``EulerDiscreteScheduler``, ``DPMSolverMultistepScheduler``,
+``FlowMatchEulerDiscreteScheduler``) formula by formula *and* precision by precision, since that
+is what "the same sampler" means for a checkpoint trained with diffusers:
 
 * betas are float32 (diffusers: ``torch.linspace(..., dtype=float32)``; the cosine betas are
   computed in float64 and rounded to float32). We evaluate the linspace in float64 and round, which
@@ -185,6 +185,56 @@ def euler_tables(acp: np.ndarray, spacing: str, num_inference_steps: int, steps_
   if use_karras_sigmas:
     sig = karras_sigmas(sig, num_inference_steps)
     ts = sigma_to_t(sig, np.log(full)).astype(np.float32)
+  if final_sigmas_type == "zero":
+    last = 0.0
+  elif final_sigmas_type == "sigma_min":
+    last = full[0]
+  else:
+    raise ValueError(
+        f"final_sigmas_type must be 'zero' or 'sigma_min', got {final_sigmas_type!r}")
+  sig = np.concatenate([sig, [last]]).astype(np.float32)
+  return ts.astype(np.float32), sig
+
+
+def dpm_tables(acp: np.ndarray, spacing: str, num_inference_steps: int, steps_offset: int = 0,
+               final_sigmas_type: str = "zero", use_karras_sigmas: bool = False,
+               cosine: bool = False):
+  """Timesteps and sigmas of ``DPMSolverMultistepScheduler.set_timesteps`` (lambda unclipped).
+
+  Its grids differ from DDIM's: ``linspace`` and ``leading`` are laid over n + 1 points and drop
+  the last one. Sigmas are the VE sigmas sqrt((1 - acp) / acp), interpolated as in diffusers.
+
+  Args:
+    acp: alphas_cumprod, [N] float32.
+    spacing: timestep spacing.
+    num_inference_steps: n.
+    steps_offset: diffusers' ``steps_offset`` (``leading`` spacing only).
+    final_sigmas_type: ``zero`` or ``sigma_min`` (the last sigma appended to the grid).
+    use_karras_sigmas: Karras sigmas, timesteps re-derived from them (rounded, or truncated for
+      the cosine schedule, as diffusers does).
+    cosine: the beta schedule is ``squaredcos_cap_v2`` (only matters with Karras sigmas).
+
+  Returns:
+    (timesteps [n] float32, integer-valued; sigmas [n + 1] float32).
+  """
+  n_train = acp.shape[0]
+  n = _check_steps(num_inference_steps, n_train)
+  if spacing == "linspace":
+    ts = np.linspace(0, n_train - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+  elif spacing == "leading":
+    ts = (np.arange(0, n + 1) * (n_train // (n + 1))).round()[::-1][:-1].astype(np.int64)
+    ts = ts + steps_offset
+  elif spacing == "trailing":
+    ts = np.arange(n_train, 0, -n_train / n).round().astype(np.int64) - 1
+  else:
+    raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+  full = ((np.float32(1) - acp) / acp) ** np.float32(0.5)  # float32, as torch computes it
+  if use_karras_sigmas:
+    sig = karras_sigmas(np.flip(full), n)
+    ts = sigma_to_t(sig, np.log(full))
+    ts = (ts if cosine else ts.round()).astype(np.int64)  # torch's int64 cast truncates
+  else:
+    sig = np.interp(ts, np.arange(0, n_train), full)
   if final_sigmas_type == "zero":
     last = 0.0
   elif final_sigmas_type == "sigma_min":

@@ -3,8 +3,8 @@ import itertools
 
 import numpy as np
 import pytest
-from diffusers import (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler,
-                       FlowMatchEulerDiscreteScheduler)
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler)
 
 from mfm_jax.diffusion import schedules
 
@@ -41,6 +41,8 @@ def test_bad_names_raise():
     schedules.discrete_timesteps("leading", 2000)
   with pytest.raises(ValueError, match="final_sigmas_type"):
     schedules.euler_tables(schedules.alphas_cumprod(), "linspace", 10, final_sigmas_type="one")
+  with pytest.raises(ValueError, match="timestep_spacing"):
+    schedules.dpm_tables(schedules.alphas_cumprod(), "uniform", 10)
 
 
 @pytest.mark.parametrize("spacing", schedules.TIMESTEP_SPACINGS)
@@ -58,6 +60,12 @@ def test_timestep_grids_match_diffusers(spacing):
     ts, sig = schedules.euler_tables(schedules.alphas_cumprod(name), spacing, n, offset)
     np.testing.assert_array_equal(ts, euler.timesteps.numpy())
     np.testing.assert_allclose(sig, euler.sigmas.numpy(), rtol=2e-6, atol=0)
+    dpm = DPMSolverMultistepScheduler(beta_schedule=name, timestep_spacing=spacing,
+                                      steps_offset=offset)
+    dpm.set_timesteps(n)
+    ts, sig = schedules.dpm_tables(schedules.alphas_cumprod(name), spacing, n, offset)
+    np.testing.assert_array_equal(ts, dpm.timesteps.numpy())
+    np.testing.assert_allclose(sig, dpm.sigmas.numpy(), rtol=2e-6, atol=0)
 
 
 def test_euler_karras_and_sigma_min_tables():
@@ -69,6 +77,14 @@ def test_euler_karras_and_sigma_min_tables():
   ts, sig = schedules.euler_tables(acp, "linspace", 20, final_sigmas_type="sigma_min",
                                    use_karras_sigmas=True)
   np.testing.assert_allclose(ts, ref.timesteps.numpy(), rtol=1e-6, atol=1e-3)
+  np.testing.assert_allclose(sig, ref.sigmas.numpy(), rtol=2e-6, atol=0)
+  ref = DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                    beta_end=0.012, use_karras_sigmas=True,
+                                    final_sigmas_type="sigma_min")
+  ref.set_timesteps(20)
+  ts, sig = schedules.dpm_tables(acp, "linspace", 20, final_sigmas_type="sigma_min",
+                                 use_karras_sigmas=True)
+  np.testing.assert_array_equal(ts, ref.timesteps.numpy())
   np.testing.assert_allclose(sig, ref.sigmas.numpy(), rtol=2e-6, atol=0)
 
 
