@@ -22,3 +22,13 @@ def get_config(arg=None):
   c.data.nan_index = -1               # >= 0 poisons one record (tests)
   c.loss_scale = 1.0
   return c
+
+
+def get_sweep(h):
+  """Learning rate x hidden width, 4 runs of seconds each (``tools/sweep.py``)::
+
+    python tools/sweep.py --config configs/toy.py --root /tmp/toy_sweep --run local --parallel 2
+    python tools/sweep.py --collect /tmp/toy_sweep --metric eval/mse_host --x optimizer.lr
+  """
+  return h.product([h.sweep("config.optimizer.lr", [3e-3, 1e-2]),
+                    h.sweep("config.model.hidden", [32, 64])])

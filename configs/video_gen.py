@@ -57,6 +57,7 @@ def get_config(arg=None):
       num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
       beta_end=0.012, cond_dropout=0.1,
       time_sampling="logit_normal",     # flow only: uniform | logit_normal (SD3)
+      logit_mean=0.0, logit_std=1.0,    # logit_normal: > 0 puts more steps at high noise
       sampler="flow_euler",             # flow_euler for flow; ddim | euler | ... otherwise
       num_inference_steps=30, guidance_scale=2.0, guidance_rescale=0.0, shift=1.0,
       timestep_spacing="trailing"))
@@ -102,3 +103,18 @@ def get_config(arg=None):
   if a.batch:
     c.batch_size = a.batch
   return c
+
+
+def get_sweep(h):
+  """Diffusion objective (with its sampler) x learning rate, 6 runs (``tools/sweep.py``)::
+
+    python tools/sweep.py --config configs/video_gen.py:smoke --root /tmp/vsweep --run local
+    python tools/sweep.py --config configs/video_gen.py:b --root gs://BUCKET/vsweep --emit tpu \\
+        --tpu_name my-v5e-64 --zone us-west4-a
+    python tools/sweep.py --collect /tmp/vsweep --metric eval/diffusion_loss
+  """
+  return h.product([
+      h.zip([h.sweep("config.diffusion.objective", ["flow", "v_prediction", "epsilon"]),
+             h.sweep("config.diffusion.sampler", ["flow_euler", "ddim", "ddim"])]),
+      h.sweep("config.optimizer.lr", [3e-4, 1e-3]),
+  ])

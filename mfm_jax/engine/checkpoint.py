@@ -112,13 +112,16 @@ class Checkpointer:
     return None
 
 
-def load_params(path: str, abstract_params: Any, shardings: Any) -> Any:
+def load_params(path: str, abstract_params: Any, shardings: Any, fresh: Any = None,
+                fallback: Any = None) -> Any:
   """Loads only ``params`` from a checkpoint (``config.init_from``) and shards them.
 
   ``path``: a checkpoint folder (newest step is taken) or one step's folder. The stored tree is
   either a TrainState (``state/params``) or a bare params tree (``state`` is the params, as written by
   ``tools/convert_checkpoint.py``). Every leaf is checked against ``abstract_params``; missing,
-  extra or mis-shaped leaves fail naming them.
+  extra or mis-shaped leaves fail naming them. ``fresh`` (a bool tree like ``abstract_params``,
+  from ``Task.init_from_fresh``) marks leaves the checkpoint may lack (a new head, adapters):
+  those take their value from ``fallback`` (the initialised params) when absent.
   """
   path = os.path.abspath(path)
   item = os.path.join(path, "state")
@@ -133,24 +136,49 @@ def load_params(path: str, abstract_params: Any, shardings: Any) -> Any:
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
   tree = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   params = tree["params"] if isinstance(tree, dict) and "params" in tree and "opt_state" in tree else tree
-  return match_and_shard(params, abstract_params, shardings, source=item)
+  return match_and_shard(params, abstract_params, shardings, source=item, fresh=fresh,
+                         fallback=fallback)
 
 
-def match_and_shard(params: Any, abstract_params: Any, shardings: Any, source: str) -> Any:
-  """Checks ``params`` leaf by leaf against ``abstract_params`` and places them on ``shardings``."""
-  flat_src = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
-  flat_dst = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(abstract_params)}
-  missing = sorted(set(flat_dst) - set(flat_src))
+def _flat(tree: Any) -> dict[str, Any]:
+  return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def match_and_shard(params: Any, abstract_params: Any, shardings: Any, source: str,
+                    fresh: Any = None, fallback: Any = None) -> Any:
+  """Checks ``params`` leaf by leaf against ``abstract_params`` and places them on ``shardings``.
+
+  Leaves marked in ``fresh`` that ``params`` lacks are taken from ``fallback`` as they are.
+  """
+  flat_src = _flat(params)
+  flat_dst = _flat(abstract_params)
+  if fresh is not None:
+    if fallback is None:
+      raise ValueError("match_and_shard: fresh leaves need the fallback (initialised) params")
+    keep = {k: v for (k, f), v in zip(_flat(fresh).items(), _flat(fallback).values())
+            if f and k not in flat_src}
+    if keep:
+      log.info("%s: %d fresh leaves keep their initial values (e.g. %s)", source, len(keep),
+               next(iter(keep)))
+  else:
+    keep = {}
+  missing = sorted(set(flat_dst) - set(flat_src) - set(keep))
   extra = sorted(set(flat_src) - set(flat_dst))
   if missing or extra:
     raise ValueError(f"{source}: params do not match the model; missing {missing[:10]}"
                      f"{'...' if len(missing) > 10 else ''}, unexpected {extra[:10]}"
                      f"{'...' if len(extra) > 10 else ''}")
   for k, a in flat_dst.items():
-    if tuple(flat_src[k].shape) != tuple(a.shape):
+    if k not in keep and tuple(flat_src[k].shape) != tuple(a.shape):
       raise ValueError(f"{source}: param {k} has shape {tuple(flat_src[k].shape)}, "
                        f"the model expects {tuple(a.shape)}")
-  return jax.tree.map(
-      lambda a, v, s: jax.make_array_from_callback(a.shape, s, lambda idx: np.asarray(v, a.dtype)[idx]),
-      abstract_params, jax.tree.unflatten(jax.tree.structure(abstract_params),
-                                          [flat_src[k] for k in flat_dst]), shardings)
+
+  def place(a, k, s):
+    if k in keep:
+      return keep[k]
+    v = flat_src[k]
+    return jax.make_array_from_callback(a.shape, s, lambda idx: np.asarray(v, a.dtype)[idx])
+
+  treedef = jax.tree.structure(abstract_params)
+  return jax.tree.unflatten(treedef, [
+      place(a, k, s) for (k, a), s in zip(flat_dst.items(), jax.tree.leaves(shardings))])

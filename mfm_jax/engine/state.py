@@ -51,12 +51,19 @@ def state_shardings(abstract_state: TrainState, tx, param_specs: Any, mesh, rule
   param_sh = nn.logical_to_mesh_sharding(param_specs, mesh, rules)
   rep = NamedSharding(mesh, P())
   # A moment shaped like its param shares its sharding; factored moments (adafactor) and
-  # counters are replicated.
+  # counters are replicated. Frozen params (a trainable mask: optax.multi_transform) have an
+  # empty ``MaskedNode`` in the state of the partition they are not in; it stays as it is.
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
+
+  def moment(leaf, p, sh):
+    if masked(leaf):
+      return leaf
+    return sh if tuple(leaf.shape) == tuple(p.shape) else rep
+
   opt_sh = optax.tree_map_params(
-      tx, lambda leaf, p, sh: sh if tuple(leaf.shape) == tuple(p.shape) else rep,
-      abstract_state.opt_state, abstract_state.params, param_sh,
+      tx, moment, abstract_state.opt_state, abstract_state.params, param_sh,
       transform_non_params=lambda _: rep,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+      is_leaf=lambda x: isinstance(x, NamedSharding) or masked(x))
   return TrainState(step=rep, params=param_sh, opt_state=opt_sh,
                     ema_params=param_sh if abstract_state.ema_params is not None else None,
                     nonfinite_count=rep)

@@ -46,6 +46,26 @@ class Task(abc.ABC):
     del params
     return None
 
+  def init_from_fresh(self, params: Any) -> Any | None:
+    """Bool tree like ``params``: leaves a ``config.init_from`` checkpoint may lack (a new head,
+    adapters), which then keep their initial values. None: the checkpoint must have every leaf."""
+    del params
+    return None
+
+  def after_init_from(self, params: Any) -> Any:
+    """Params after a ``config.init_from`` load (pure; jitted by the engine), e.g. a classifier
+    head recomputed from the loaded text tower. Default: unchanged."""
+    return params
+
+  def after_update(self, params: Any, opt_state: Any, grads: Any, step: jax.Array,
+                   rng: jax.Array, tx: Any) -> tuple[Any, Any]:
+    """``(params, opt_state)`` after each applied update, inside the jitted train step (pure,
+    shapes unchanged), e.g. fixed-capacity densify / prune of a Gaussian scene. ``step`` is the
+    new step count, ``grads`` the raw gradients of this step, ``tx`` the optimizer (for
+    ``optax.tree_map_params`` over its moments). Default: unchanged (and not traced)."""
+    del grads, step, rng, tx
+    return params, opt_state
+
   def flops_per_example(self) -> float | None:
     """Analytic forward FLOPs of one example (the engine counts a train step as 3x)."""
     return None

@@ -79,6 +79,9 @@ def make_train_step(task: Task, tx, schedule, train_rng, cfg):
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if type(task).after_update is not Task.after_update:
+      params, opt_state = task.after_update(params, opt_state, grads, state.step + 1,
+                                            jax.random.fold_in(rng, 1), tx)
     ema = state.ema_params
     if ema is not None:
       ema = optim.ema_update(ema, params, ema_decay)
@@ -96,6 +99,34 @@ def make_train_step(task: Task, tx, schedule, train_rng, cfg):
     return new_state, out
 
   return train_step
+
+
+def make_optimizer_for(config, task: Task, init_rng):
+  """``(tx, schedule, abstract params, trainable mask)`` for ``task``; allocates nothing."""
+  abstract_params = state_lib.unbox_abstract(jax.eval_shape(task.init, init_rng))
+  trainable = task.trainable_mask(abstract_params)
+  tx, schedule = optim.make_optimizer(config.optimizer, int(config.total_steps), trainable)
+  return tx, schedule, abstract_params, trainable
+
+
+def jit_train_step(step_fn, shardings, batch_shardings, mesh):
+  """The jitted, state-donating train step with explicit in/out shardings."""
+  return jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
+                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+
+
+def build_train_step(config, task: Task, mesh, rules, batch_shardings):
+  """The step :func:`train` runs, built without data, checkpoints or allocation (AOT compiles).
+
+  Call under ``jax.set_mesh(mesh)`` and ``nn.logical_axis_rules(rules)``, as :func:`train` does.
+  Returns ``(jitted train_step, abstract state carrying its shardings, state shardings)``.
+  """
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  tx, schedule, _, _ = make_optimizer_for(config, task, init_rng)
+  ema = float(config.optimizer.get("ema_decay", 0.0)) > 0
+  abstract, shardings = state_lib.abstract_state(task.init, tx, init_rng, mesh, rules, ema)
+  step_fn = make_train_step(task, tx, schedule, train_rng, config)
+  return jit_train_step(step_fn, shardings, batch_shardings, mesh), abstract, shardings
 
 
 def _nonfinite_message(step: int, metrics: dict, param_names: list[str]) -> str:
@@ -127,7 +158,11 @@ def restore_or_init(config, task, tx, rng, mesh, rules, ckpt, data_iter):
   state = state_lib.create_sharded(task.init, tx, rng, shardings, ema)
   if config.get("init_from"):
     abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params)
-    params = ckpt_lib.load_params(config.init_from, abstract_params, shardings.params)
+    params = ckpt_lib.load_params(config.init_from, abstract_params, shardings.params,
+                                  fresh=task.init_from_fresh(abstract_params),
+                                  fallback=state.params)
+    if type(task).after_init_from is not Task.after_init_from:
+      params = jax.jit(task.after_init_from, out_shardings=shardings.params)(params)
     state = state.replace(params=params, ema_params=params if ema else None)
     log.info("initialised params from %s", config.init_from)
     return state, shardings, "init_from"
@@ -173,9 +208,7 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Signals() as signals, \
       contextlib.ExitStack() as cleanup:
     cleanup.callback(writer.close)   # also on errors: pending async saves finish, files flush
-    abstract_params = state_lib.unbox_abstract(jax.eval_shape(task.init, init_rng))
-    trainable = task.trainable_mask(abstract_params)
-    tx, schedule = optim.make_optimizer(config.optimizer, total, trainable)
+    tx, schedule, abstract_params, trainable = make_optimizer_for(config, task, init_rng)
     n_params = optim.count_params(abstract_params)
     n_train = optim.count_params(abstract_params, trainable) if trainable is not None else n_params
     log.info("params: %s total, %s trainable", f"{n_params:,}", f"{n_train:,}")
@@ -232,8 +265,7 @@ def train(config: ml_collections.ConfigDict, task: Task, workdir: str) -> dict[s
       batch = mesh_lib.global_batch(local, mesh, rules)
       if p_train_step is None:
         batch_sh = jax.tree.map(lambda x: x.sharding, batch)
-        p_train_step = jax.jit(step_fn, in_shardings=(shardings, batch_sh),
-                               out_shardings=(shardings, rep), donate_argnums=(0,))
+        p_train_step = jit_train_step(step_fn, shardings, batch_sh, mesh)
         t = time.perf_counter()
       state, metrics = p_train_step(state, batch)
       step += 1

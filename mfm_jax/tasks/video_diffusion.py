@@ -79,7 +79,8 @@ class VideoDiffusionTask(Task):
 
   def _loss_kwargs(self):
     c = self.config.diffusion
-    extra = {"time_sampling": c.time_sampling} if c.objective == "flow" else {}
+    extra = ({"time_sampling": c.time_sampling, "logit_mean": c.get("logit_mean", 0.0),
+              "logit_std": c.get("logit_std", 1.0)} if c.objective == "flow" else {})
     return {**self._diffusion_kwargs(), **extra}
 
   def loss(self, params, batch, rng):
