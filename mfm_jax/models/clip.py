@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mfm_jax.models import layers
+from mfm_jax.models import peft as peft_lib
 from mfm_jax.models.vit import Transformer, ViT
 
 LEGACY_EOS_ID = 2
@@ -46,8 +47,13 @@ class CLIPText(nn.Module):
     width, depth, num_heads, mlp_dim: sizes (D = width, mlp_dim defaults to 4 * D).
     max_len: capacity of the position table ``[max_len, D]``.
     eos_token_id: the pooled token (see :func:`eot_index`).
+    pooling: ``"eot"`` (HF's rule, :func:`eot_index`) or ``"last"`` (the last real token of
+      ``mask``: the EOS of tokenizers whose EOS id is not the largest, e.g. bytes / words, where
+      the legacy ``eos_token_id == 2`` rule would pick the largest id instead).
     activation, norm_epsilon: ``quick_gelu`` and 1e-5 as in OpenAI CLIP.
     scan_blocks, remat_policy: as in ``vit.Transformer``.
+    peft: ``peft.PeftConfig`` (None: no adapters); the tower creates ``peft.SharedFactors`` once
+      (``peft_shared``) and passes it to every block.
   """
   vocab_size: int = 49408
   width: int = 512
@@ -56,6 +62,7 @@ class CLIPText(nn.Module):
   mlp_dim: int | None = None
   max_len: int = 77
   eos_token_id: int = 49407
+  pooling: str = "eot"
   activation: str = "quick_gelu"
   norm_epsilon: float = 1e-5
   scan_blocks: bool = False
@@ -63,6 +70,7 @@ class CLIPText(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   flat: bool = True
+  peft: peft_lib.PeftConfig | None = None
 
   @nn.compact
   def __call__(self, ids: jax.Array,
@@ -76,11 +84,15 @@ class CLIPText(nn.Module):
 
     Returns:
       tokens: [B, L, D] final-normed token features.
-      pooled: [B, D] the feature at :func:`eot_index`.
+      pooled: [B, D] the feature at :func:`eot_index` (``pooling="last"``: at the last True of
+        ``mask``, which it then requires).
     """
     b, l = ids.shape
     if l > self.max_len:
       raise ValueError(f"CLIPText: sequence length {l} exceeds max_len={self.max_len}")
+    if self.pooling not in ("eot", "last") or (self.pooling == "last" and mask is None):
+      raise ValueError(f"CLIPText: pooling={self.pooling!r} must be 'eot' or 'last' (which "
+                       "needs the mask)")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     emb = self.param("token_embedding", layers.named(nn.initializers.normal(0.02),
                                                      ("vocab", "embed")),
@@ -90,12 +102,18 @@ class CLIPText(nn.Module):
     x = (jnp.take(emb, ids, axis=0) + pos[None, :l]).astype(self.dtype)
     x = layers.constrain(x, ("batch", "length", "embed"))
     mask = None if mask is None else mask.astype(bool)
+    shared = None if self.peft is None else peft_lib.SharedFactors(
+        self.peft, self.param_dtype, name="peft_shared")()
     x = Transformer(self.depth, self.num_heads, self.mlp_dim or 4 * self.width, causal=True,
                     activation=self.activation, norm_epsilon=self.norm_epsilon,
                     scan_blocks=self.scan_blocks, remat_policy=self.remat_policy,
-                    flat=self.flat, name="encoder", **kw)(x, mask)
+                    flat=self.flat, peft=self.peft, name="encoder", **kw)(x, mask, shared)
     x = layers.LayerNorm(self.norm_epsilon, name="final_norm", **kw)(x)
-    pooled = x[jnp.arange(b), eot_index(ids, self.eos_token_id)]
+    if self.pooling == "last":
+      index = jnp.maximum(mask.sum(-1) - 1, 0).astype(jnp.int32)
+    else:
+      index = eot_index(ids, self.eos_token_id)
+    pooled = x[jnp.arange(b), index]
     return x, pooled
 
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mfm_jax.models import layers
+from mfm_jax.models import peft as peft_lib
 
 # name -> (width, depth, num_heads, mlp_dim)
 VARIANTS = {
@@ -91,6 +92,9 @@ class Transformer(nn.Module):
     scan_blocks: ``nn.scan`` over blocks; params stacked under ``blocks`` on a leading axis named
       ``"layers"``. Otherwise ``block_0 .. block_{depth-1}``.
     remat_policy: ``none | full | dots | dots_no_batch`` (see ``layers.remat``).
+    peft: ``peft.PeftConfig`` of the blocks' attention adapters (None: none); the tower's
+      ``peft.SharedFactors`` output comes in as the ``shared`` call argument (broadcast to every
+      block, also under ``nn.scan``).
   """
   depth: int
   num_heads: int
@@ -103,23 +107,27 @@ class Transformer(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   flat: bool = True
+  peft: peft_lib.PeftConfig | None = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """x: [B, L, D]; mask: [B, L] bool key padding (True = real) -> [B, L, D]."""
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+               shared: dict[str, jax.Array] | None = None) -> jax.Array:
+    """x: [B, L, D]; mask: [B, L] bool key padding (True = real); shared: the tower's
+    ``peft.SharedFactors`` output (KAdaptation slow factors) or None -> [B, L, D]."""
     kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, causal=self.causal,
               activation=self.activation, norm_epsilon=self.norm_epsilon, dtype=self.dtype,
-              param_dtype=self.param_dtype, flat=self.flat)
+              param_dtype=self.param_dtype, flat=self.flat, peft=self.peft)
     if self.scan_blocks:
       block = layers.remat(layers.EncoderBlock, self.remat_policy, prevent_cse=False)
       stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
-                      split_rngs={"params": True}, in_axes=(nn.broadcast, nn.broadcast),
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                       length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(scanned=True, name="blocks", **kw)(x, mask, None)
+      x, _ = stack(scanned=True, name="blocks", **kw)(x, mask, None, shared)
     else:
       block = layers.remat(layers.EncoderBlock, self.remat_policy)
       for i in range(self.depth):
-        x = block(name=f"block_{i}", **kw)(x, mask)
+        x = block(name=f"block_{i}", **kw)(x, mask, None, shared)
     return layers.constrain(x, ("batch", "length", "embed"))
 
 
@@ -144,6 +152,9 @@ class _Base(nn.Module):
     activation, norm_epsilon: MLP activation (``layers.ACTIVATIONS``) and LayerNorm epsilon.
     scan_blocks, remat_policy: as in ``Transformer``.
     flat: 2-D matmuls in the hot paths (faster on CPU).
+    peft: ``peft.PeftConfig`` (None: no adapters). When set, the tower creates the KAdaptation
+      slow factors once (``peft.SharedFactors``, params under ``peft_shared``) and passes them to
+      every block of every transformer it runs (``shared``); LoRA needs nothing shared.
   """
   width: int = 768
   depth: int = 12
@@ -160,6 +171,7 @@ class _Base(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   flat: bool = True
+  peft: peft_lib.PeftConfig | None = None
 
   @classmethod
   def from_variant(cls, variant: str, **kwargs: Any):
@@ -183,7 +195,13 @@ class _Base(nn.Module):
     return Transformer(depth, self.num_heads, self.mlp_dim or 4 * self.width,
                        activation=self.activation, norm_epsilon=self.norm_epsilon,
                        scan_blocks=self.scan_blocks, remat_policy=self.remat_policy,
-                       flat=self.flat, name=name, **self._kw())
+                       flat=self.flat, peft=self.peft, name=name, **self._kw())
+
+  def _shared(self) -> dict[str, jax.Array] | None:
+    """The tower's KAdaptation slow factors (created once; None without ``peft``)."""
+    if self.peft is None:
+      return None
+    return peft_lib.SharedFactors(self.peft, self.param_dtype, name="peft_shared")()
 
   def _norm(self, name: str) -> layers.LayerNorm:
     return layers.LayerNorm(self.norm_epsilon, name=name, **self._kw())
@@ -251,7 +269,7 @@ class ViT(_Base):
     x = _prepend(cls, x)
     if self.pre_norm:
       x = self._norm("pre_norm")(x)
-    x = self._transformer("encoder", self.depth)(x)
+    x = self._transformer("encoder", self.depth)(x, shared=self._shared())
     x = self._norm("final_norm")(x)
     return x, _pool(x, self.pooling)
 
@@ -295,24 +313,25 @@ class VideoViT(_Base):
     t_pos = self.param("temporal_pos_embedding", layers.named(layers.zeros, (None, "embed")),
                        (t_cap, d), self.param_dtype)[:t].astype(self.dtype)
     x, cls = self._spatial_tokens(tok.reshape(b * t, h, w, d), (ph, pw))  # [B*T', N, D]
+    shared = self._shared()  # one set of slow factors for the spatial and temporal blocks
 
     if self.attention == "joint":
       x = layers.constrain(x.reshape(b, t, h * w, d), ("batch", "frames", "length", "embed"))
       x = _prepend(cls, (x + t_pos[None, :, None]).reshape(b, t * h * w, d))
       if self.pre_norm:
         x = self._norm("pre_norm")(x)
-      x = self._transformer("encoder", self.depth)(x)
+      x = self._transformer("encoder", self.depth)(x, shared=shared)
     else:
       x = _prepend(cls, x)  # [B*T', (1 +) N, D]
       if self.pre_norm:
         x = self._norm("pre_norm")(x)
-      x = self._transformer("spatial", self.depth)(x)
+      x = self._transformer("spatial", self.depth)(x, shared=shared)
       frames = _pool(self._norm("spatial_norm")(x), self.pooling).reshape(b, t, d)
       t_cls = None
       if cls is not None:
         t_cls = self.param("temporal_cls", layers.named(nn.initializers.normal(0.02), ("embed",)),
                            (d,), self.param_dtype).astype(self.dtype)[None, None]
       x = _prepend(t_cls, layers.constrain(frames + t_pos[None], ("batch", "frames", "embed")))
-      x = self._transformer("temporal", self.temporal_depth)(x)
+      x = self._transformer("temporal", self.temporal_depth)(x, shared=shared)
     x = self._norm("final_norm")(x)
     return x, _pool(x, self.pooling)

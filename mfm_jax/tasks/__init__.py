@@ -8,6 +8,10 @@ from mfm_jax.engine.task import Task
 _REGISTRY = {
     "video_diffusion": "mfm_jax.tasks.video_diffusion:VideoDiffusionTask",
     "toy_regression": "mfm_jax.tasks.toy:ToyRegressionTask",
+    "contrastive": "mfm_jax.tasks.contrastive:ContrastiveTask",
+    "classify": "mfm_jax.tasks.classify:ClassifyTask",
+    "vqa": "mfm_jax.tasks.vqa:VqaTask",
+    "fit4d": "mfm_jax.tasks.fit4d:Fit4DTask",
 }
 
 
