@@ -185,15 +185,7 @@ def euler_tables(acp: np.ndarray, spacing: str, num_inference_steps: int, steps_
   if use_karras_sigmas:
     sig = karras_sigmas(sig, num_inference_steps)
     ts = sigma_to_t(sig, np.log(full)).astype(np.float32)
-  if final_sigmas_type == "zero":
-    last = 0.0
-  elif final_sigmas_type == "sigma_min":
-    last = full[0]
-  else:
-    raise ValueError(
-        f"final_sigmas_type must be 'zero' or 'sigma_min', got {final_sigmas_type!r}")
-  sig = np.concatenate([sig, [last]]).astype(np.float32)
-  return ts.astype(np.float32), sig
+  return ts.astype(np.float32), _append_final_sigma(sig, full, final_sigmas_type)
 
 
 def dpm_tables(acp: np.ndarray, spacing: str, num_inference_steps: int, steps_offset: int = 0,
@@ -235,15 +227,7 @@ def dpm_tables(acp: np.ndarray, spacing: str, num_inference_steps: int, steps_of
     ts = (ts if cosine else ts.round()).astype(np.int64)  # torch's int64 cast truncates
   else:
     sig = np.interp(ts, np.arange(0, n_train), full)
-  if final_sigmas_type == "zero":
-    last = 0.0
-  elif final_sigmas_type == "sigma_min":
-    last = full[0]
-  else:
-    raise ValueError(
-        f"final_sigmas_type must be 'zero' or 'sigma_min', got {final_sigmas_type!r}")
-  sig = np.concatenate([sig, [last]]).astype(np.float32)
-  return ts.astype(np.float32), sig
+  return ts.astype(np.float32), _append_final_sigma(sig, full, final_sigmas_type)
 
 
 def flow_tables(num_inference_steps: int, num_train_timesteps: int = 1000, shift: float = 1.0,
@@ -280,3 +264,15 @@ def flow_tables(num_inference_steps: int, num_train_timesteps: int = 1000, shift
   sig = sig.astype(np.float32)
   ts = sig * np.float32(n_train)
   return ts.astype(np.float32), np.concatenate([sig, np.zeros(1, np.float32)])
+
+
+def _append_final_sigma(sig: np.ndarray, full: np.ndarray, final_sigmas_type: str) -> np.ndarray:
+  """Appends the sigma after the last step: 0 (``zero``) or the smallest train sigma."""
+  if final_sigmas_type == "zero":
+    last = 0.0
+  elif final_sigmas_type == "sigma_min":
+    last = full[0]
+  else:
+    raise ValueError(
+        f"final_sigmas_type must be 'zero' or 'sigma_min', got {final_sigmas_type!r}")
+  return np.concatenate([sig, [last]]).astype(np.float32)
