@@ -43,15 +43,8 @@ def _by_step(workdir, key):
 
 
 def _final_params(workdir):
-  import jax
-  import orbax.checkpoint as ocp
-  ck = os.path.join(workdir, "checkpoints")
-  step = max(int(s) for s in os.listdir(ck) if s.isdigit())
-  item = os.path.join(ck, str(step), "state")
-  ckptr = ocp.PyTreeCheckpointer()
-  meta = ckptr.metadata(item).item_metadata.tree
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  return step, ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=args))
+  from mfm_jax.engine import checkpoint as ckpt_lib
+  return ckpt_lib.read_latest_state(os.path.join(workdir, "checkpoints"))
 
 
 def _wait_for(pred, proc, timeout=300):

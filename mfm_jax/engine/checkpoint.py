@@ -112,6 +112,23 @@ class Checkpointer:
     return None
 
 
+def read_item(item: str) -> Any:
+  """A saved pytree item (e.g. ``<dir>/<step>/state``) as host numpy arrays, in its stored layout."""
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = ckptr.metadata(item).item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  return ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+def read_latest_state(directory: str) -> tuple[int, Any]:
+  """(newest step, its ``state`` item as numpy) of a checkpoint folder, for tests and tools."""
+  steps = [int(s) for s in os.listdir(directory) if s.isdigit()]
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint steps in {directory}")
+  step = max(steps)
+  return step, read_item(os.path.join(directory, str(step), "state"))
+
+
 def load_params(path: str, abstract_params: Any, shardings: Any, fresh: Any = None,
                 fallback: Any = None) -> Any:
   """Loads only ``params`` from a checkpoint (``config.init_from``) and shards them.
@@ -131,10 +148,7 @@ def load_params(path: str, abstract_params: Any, shardings: Any, fresh: Any = No
     if step is None:
       raise FileNotFoundError(f"config.init_from={path}: no checkpoint found")
     item = os.path.join(path, str(step), "state")
-  ckptr = ocp.PyTreeCheckpointer()
-  meta = ckptr.metadata(item).item_metadata.tree
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  tree = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  tree = read_item(item)
   params = tree["params"] if isinstance(tree, dict) and "params" in tree and "opt_state" in tree else tree
   return match_and_shard(params, abstract_params, shardings, source=item, fresh=fresh,
                          fallback=fallback)

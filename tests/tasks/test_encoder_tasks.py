@@ -12,6 +12,7 @@ import pytest
 
 from configs import encoder_pretrain, kadaptation
 from mfm_jax import tasks
+from mfm_jax.engine import checkpoint as ckpt_lib
 from mfm_jax.engine import mesh as mesh_lib
 from mfm_jax.engine import trainer
 from mfm_jax.tasks import classify
@@ -28,15 +29,7 @@ def _run(config, workdir):
 
 
 def _ckpt_params(workdir):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ck = os.path.join(workdir, "checkpoints")
-  step = max(int(s) for s in os.listdir(ck) if s.isdigit())
-  item = os.path.join(ck, str(step), "state")
-  ckptr = ocp.PyTreeCheckpointer()
-  meta = ckptr.metadata(item).item_metadata.tree
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  tree = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=args))
-  return tree["params"]
+  return ckpt_lib.read_latest_state(os.path.join(workdir, "checkpoints"))[1]["params"]
 
 
 def _flat(tree):
