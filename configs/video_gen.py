@@ -44,7 +44,7 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(
       name="world_video", builder_config="small", data_dir=None, num_frames=a.frames,
       resolution=a.res, tokenizer="words", max_text_len=80,  # captions: <= 77 words
-      object_weight=0.0, view=0, worker_count=0))   # view: world_multiview camera, -1: all
+      object_weight=0.0, captions="world", view=0, worker_count=0))   # view: world_multiview camera, -1: all
 
   c.model = ml_collections.ConfigDict(dict(
       variant=a.variant, width=0, depth=0, num_heads=0,   # 0: from the variant table

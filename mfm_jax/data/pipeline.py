@@ -43,6 +43,8 @@ import numpy as np
 
 from mfm_jax.data import tokenizer as tokenizer_lib
 from mfm_jax.data import sources
+from mfm_jax.data.world import builder as world_builder
+from mfm_jax.data.world import path_captions
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -57,6 +59,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.tokenizer = "bytes"          # bytes | words (vocabulary of the train split's captions)
   c.max_text_len = 384           # tokens incl. BOS/EOS; captions are <~ 350 B, <= 77 words
   c.object_weight = 0.0          # > 0: a per-pixel loss weight 1 + w * (object coverage)
+  c.captions = "world"           # world: the record's caption | path: start/end floor cells
   c.worker_count = 0             # grain worker processes (0: in process)
   c.read_threads = 2             # grain reader threads per process
   return c
@@ -94,17 +97,26 @@ def resize_video(video: np.ndarray, resolution: int) -> np.ndarray:
 class Preprocess(grain.transforms.Map):
   """One TFDS record -> model example (picklable for grain workers)."""
 
-  def __init__(self, num_frames: int, resolution: int, tokenizer, object_weight: float = 0.0):
+  def __init__(self, num_frames: int, resolution: int, tokenizer, object_weight: float = 0.0,
+               captioner=None):
     self.num_frames = int(num_frames)
     self.resolution = int(resolution)
     self.tokenizer = tokenizer
     self.object_weight = float(object_weight)
+    self.captioner = captioner     # None: the record's caption; else record -> str
+
+  def caption_of(self, element: dict) -> str:
+    """The conditioning caption of a record (its own, or the captioner's)."""
+    if self.captioner is not None:
+      return self.captioner(element)
+    caption = element["caption"]
+    return caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
 
   def map(self, element: dict) -> dict:
     """Returns the unbatched fields of the module docstring."""
     try:
       raw, centers = element["video"], element["centers"]
-      caption = element["caption"]
+      caption = self.caption_of(element)
       colors, obj_mask = element["colors"], element["obj_mask"]
     except KeyError as e:
       raise KeyError(f"world_video record lacks field {e} (has "
@@ -112,8 +124,6 @@ class Preprocess(grain.transforms.Map):
     idx = frame_indices(raw.shape[0], self.num_frames)
     video = raw[idx].astype(np.float32) / 127.5 - 1.0
     video = resize_video(video, self.resolution)
-    if isinstance(caption, bytes):
-      caption = caption.decode("utf-8")
     ids = self.tokenizer.encode_one(caption)
     out = {
         "video": video.astype(np.float32),
@@ -160,15 +170,43 @@ def make_tokenizer(data_config):
   kind = data_config.get("tokenizer", "bytes")
   if kind == "bytes":
     return tokenizer_lib.ByteTokenizer(data_config.max_text_len)
+  if kind == "words" and captions_kind(data_config) == "path":
+    spec = world_spec(data_config)
+    return tokenizer_lib.WordTokenizer(path_captions.vocabulary(spec.size_names),
+                                       data_config.max_text_len)
   if kind == "words":
     caps = _train_captions(data_config.name, data_config.builder_config, data_config.data_dir)
     return tokenizer_lib.WordTokenizer.from_texts(caps, data_config.max_text_len)
   raise ValueError(f"data.tokenizer={kind!r}: use 'bytes' or 'words'")
 
 
+def captions_kind(data_config) -> str:
+  kind = data_config.get("captions", "world")
+  if kind not in ("world", "path"):
+    raise ValueError(f"data.captions={kind!r}: use 'world' (the record's caption) or 'path' "
+                     f"(start/end floor cells, data/world/path_captions.py)")
+  return kind
+
+
+def world_spec(data_config):
+  """The WorldSpec of a world_video builder config (what path captions need)."""
+  if data_config.name != "world_video":
+    raise ValueError(f"data.captions='path' is defined for world_video records; data.name="
+                     f"{data_config.name!r}")
+  specs = {c.name: c.spec for c in world_builder.CONFIGS}
+  if data_config.builder_config not in specs:
+    raise ValueError(f"data.builder_config={data_config.builder_config!r} is not a world_video "
+                     f"config ({sorted(specs)})")
+  return specs[data_config.builder_config]
+
+
 def _preprocess(data_config) -> Preprocess:
+  captioner = None
+  if captions_kind(data_config) == "path":
+    captioner = path_captions.PathCaptioner(world_spec(data_config))
   return Preprocess(data_config.num_frames, data_config.resolution,
-                    make_tokenizer(data_config), data_config.get("object_weight", 0.0))
+                    make_tokenizer(data_config), data_config.get("object_weight", 0.0),
+                    captioner)
 
 
 def make_dataset(data_config, split: str, batch_size: int, seed: int,
@@ -241,9 +279,7 @@ def load_examples(data_config, split: str, n: int) -> list[dict]:
   for i in range(min(n, len(src))):
     record = src[i]
     ex = prep.map(record)
-    caption = record["caption"]
-    ex["caption"] = (caption.decode("utf-8") if isinstance(caption, bytes)
-                     else str(caption))
+    ex["caption"] = prep.caption_of(record)     # the conditioning caption
     ex["raw_video"] = np.asarray(record["video"], np.uint8)
     ex["seed"] = int(record["seed"])
     ex["index"] = int(record["index"])

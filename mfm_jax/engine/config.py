@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_steps = 1000
   c.batch_size = 32                  # global batch, divided among processes
   c.log_every = 50
-  c.eval_every = 0                   # 0: only at the end
+  c.eval_every = 0                   # 0: no evaluation; N: every N steps and at the end
   c.eval_batches = 0                 # validation batches for eval/ losses (0: none)
   c.nonfinite_policy = "stop"        # 'stop' (error naming step and parameter) | 'skip' (count)
   c.peak_flops_per_device = 0.0      # 0: datasheet table, else a measured matmul rate

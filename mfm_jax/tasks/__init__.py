@@ -12,6 +12,7 @@ _REGISTRY = {
     "classify": "mfm_jax.tasks.classify:ClassifyTask",
     "vqa": "mfm_jax.tasks.vqa:VqaTask",
     "fit4d": "mfm_jax.tasks.fit4d:Fit4DTask",
+    "compositional": "mfm_jax.tasks.compositional:CompositionalTask",
 }
 
 
