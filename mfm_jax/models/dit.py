@@ -119,6 +119,9 @@ class VideoDiT(nn.Module):
     remat_policy: ``none | full | dots | dots_no_batch`` (see ``layers.remat``).
     pos_embed: ``"sincos"`` (fixed 3-D table) or ``"learned"``.
     flat: 2-D matmuls in the hot paths (faster on CPU); False keeps batched einsums.
+    motion_levels: L > 0 adds a motion-intensity embedding (Mojito): a zero-initialised table
+      ``motion_embed`` [L + 1, D] indexed by the call's ``motion_level`` (levels 0 .. L-1, L = the
+      null level) and added to the timestep embedding; 0 = off (no parameter).
   """
   out_channels: int
   width: int = 384
@@ -134,11 +137,13 @@ class VideoDiT(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   flat: bool = True
+  motion_levels: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, text: jax.Array | None = None,
                text_mask: jax.Array | None = None,
-               pooled: jax.Array | None = None) -> jax.Array:
+               pooled: jax.Array | None = None,
+               motion_level: jax.Array | None = None) -> jax.Array:
     """Predicts the diffusion target.
 
     Args:
@@ -147,6 +152,7 @@ class VideoDiT(nn.Module):
       text: [B, Lt, Dt] text token features (required with ``cross_attention``).
       text_mask: [B, Lt] bool, True = real token (default: all real).
       pooled: [B, Dt] pooled text embedding, added to the timestep embedding (optional).
+      motion_level: [B] int in [0, motion_levels] (``motion_levels`` = null); None = null.
 
     Returns:
       [B, T, H, W, out_channels] float32.
@@ -164,6 +170,12 @@ class VideoDiT(nn.Module):
     if pooled is not None:
       p = layers.Dense(d, ("embed", "mlp"), name="pooled_fc1", **kw)(pooled)
       c = c + layers.Dense(d, ("mlp", "embed"), name="pooled_fc2", **kw)(nn.silu(p))
+    if self.motion_levels:
+      table = self.param("motion_embed", layers.named(layers.zeros, (None, "embed")),
+                         (self.motion_levels + 1, d), self.param_dtype)
+      level = (jnp.full((b,), self.motion_levels, jnp.int32) if motion_level is None
+               else jnp.asarray(motion_level, jnp.int32))
+      c = c + jnp.take(table, level, axis=0).astype(c.dtype)
     ctx = mask = None
     if self.cross_attention:
       if text is None:

@@ -7,12 +7,15 @@ from mfm_jax.engine.task import Task
 
 _REGISTRY = {
     "video_diffusion": "mfm_jax.tasks.video_diffusion:VideoDiffusionTask",
+    "video_control": "mfm_jax.tasks.video_control:VideoControlTask",
     "toy_regression": "mfm_jax.tasks.toy:ToyRegressionTask",
     "contrastive": "mfm_jax.tasks.contrastive:ContrastiveTask",
     "classify": "mfm_jax.tasks.classify:ClassifyTask",
     "vqa": "mfm_jax.tasks.vqa:VqaTask",
     "fit4d": "mfm_jax.tasks.fit4d:Fit4DTask",
+    "autoencoder": "mfm_jax.tasks.autoencoder:AutoencoderTask",
     "compositional": "mfm_jax.tasks.compositional:CompositionalTask",
+    "prompt_learning": "mfm_jax.tasks.prompt_learning:PromptLearningTask",
 }
 
 
