@@ -219,3 +219,31 @@ def _is_concrete(x) -> bool:
     return True
   except Exception:  # a tracer  # noqa: BLE001
     return False
+
+
+def check_cameras(fx, fy, cx, cy, world_to_camera, names: Sequence[str] | None = None) -> None:
+  """Host-side checks of M cameras (fx, fy, cx, cy [M], world_to_camera [M, 4, 4]) before a
+  jitted render (which does not check values): finite intrinsics and matrices, positive focal
+  lengths, a last row (0, 0, 0, 1) and a rotation block with det ~ +1. Errors name the camera
+  (``names[m]``, default "camera m") and the bad entry."""
+  w2c = np.asarray(world_to_camera, np.float64)
+  k = np.stack([np.asarray(v, np.float64).reshape(-1) for v in (fx, fy, cx, cy)], -1)
+  if w2c.ndim != 3 or w2c.shape[1:] != (4, 4) or k.shape[0] != w2c.shape[0]:
+    raise ValueError(f"check_cameras: world_to_camera must be [M, 4, 4] with M intrinsics, got "
+                     f"{w2c.shape} and {k.shape[0]}")
+  name = lambda m: names[m] if names is not None else f"camera {m}"  # noqa: E731
+  for m in range(w2c.shape[0]):
+    bad = np.argwhere(~np.isfinite(w2c[m]))
+    if bad.size:
+      raise ValueError(f"{name(m)}: world_to_camera has a non-finite value at "
+                       f"{tuple(int(i) for i in bad[0])}: {w2c[m][tuple(bad[0])]}")
+    if not np.all(np.isfinite(k[m])) or k[m, 0] <= 0 or k[m, 1] <= 0:
+      raise ValueError(f"{name(m)}: intrinsics (fx, fy, cx, cy) = {tuple(k[m])} must be finite "
+                       "with fx, fy > 0")
+    if not np.allclose(w2c[m, 3], (0, 0, 0, 1), atol=1e-5):
+      raise ValueError(f"{name(m)}: world_to_camera's last row is {w2c[m, 3]}, expected (0, 0, "
+                       "0, 1)")
+    det = np.linalg.det(w2c[m, :3, :3])
+    if abs(det - 1.0) > 1e-2:
+      raise ValueError(f"{name(m)}: world_to_camera's rotation block has det {det:.4g}, "
+                       "expected 1 (a rotation)")

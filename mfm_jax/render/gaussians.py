@@ -200,7 +200,8 @@ def check_values(means, scales, quats, opacities, camera) -> None:
   for k, v in vals.items():
     bad = np.argwhere(~np.isfinite(v))
     if bad.size:
-      raise ValueError(f"render: {k} has non-finite values, first at index {tuple(bad[0])}")
+      first = tuple(int(i) for i in bad[0])
+      raise ValueError(f"render: {k} has non-finite values, first at index {first}")
   if (vals["scales"] <= 0).any():
     i = int(np.argwhere(vals["scales"] <= 0)[0, 0])
     raise ValueError(f"render: scales must be > 0; Gaussian {i} has {vals['scales'][i]}")

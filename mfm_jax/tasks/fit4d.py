@@ -104,6 +104,10 @@ class Fit4DTask(Task):
     super().__init__(config)
     m, d = config.model, config.data
     cap = load_capture(d)
+    # Host-side: the jitted render does not check values (errors name the image).
+    cameras.check_cameras(cap.fx, cap.fy, cap.cx, cap.cy, cap.world_to_camera,
+                          names=[f"capture image {i} (view {v}, frame {f})" for i, (v, f) in
+                                 enumerate(zip(cap.views, cap.frames))])
     self.capture = cap
     self.train_idx, self.eval_idx = split_indices(cap, d)
     if d.source == "transforms":

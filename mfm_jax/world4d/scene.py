@@ -222,3 +222,88 @@ def backproject(depth: np.ndarray, rgb: np.ndarray, fx: float, fy: float, cx: fl
   rot, trans = world_to_camera[:3, :3], world_to_camera[:3, 3]
   pts = (cam - trans) @ rot  # R^T (x - t)
   return pts.astype(np.float32), rgb[v, u].astype(np.float32), (z / fx).astype(np.float32)
+
+
+def check_gaussians(gaussians: Mapping[str, Array], stats: Mapping[str, Array],
+                    lr_scale: Mapping[str, float]) -> None:
+  """Host-side value checks of a stored scene (not for jitted code; the jitted fit and render
+  do not check): every alive slot has finite values, a quaternion of non-zero norm and finite
+  positive scales. Errors name the key and the slot index."""
+  alive = np.asarray(stats["alive"]) > 0.5
+  for k in KEYS:
+    v = np.asarray(gaussians[k])
+    if v.shape[0] != alive.shape[0]:
+      raise ValueError(f"scene: gaussians[{k!r}] has {v.shape[0]} rows, the alive mask "
+                       f"{alive.shape[0]}")
+    bad = ~np.isfinite(v.reshape(v.shape[0], -1)).all(-1) & alive
+    if bad.any():
+      raise ValueError(f"scene: gaussians[{k!r}] of Gaussian {int(np.argmax(bad))} is not finite")
+  u = unconstrained({k: np.asarray(gaussians[k]) for k in KEYS}, lr_scale)
+  norms = np.linalg.norm(u["quats"], axis=-1)
+  bad = (norms < 1e-12) & alive
+  if bad.any():
+    raise ValueError(f"scene: the quaternion of Gaussian {int(np.argmax(bad))} has zero norm")
+  scales = np.exp(u["log_scales"])
+  bad = ~(scales > 0).all(-1) & alive
+  if bad.any():
+    raise ValueError(f"scene: Gaussian {int(np.argmax(bad))} has scale "
+                     f"{scales[int(np.argmax(bad))]} (must be > 0)")
+
+
+def insert(gaussians: Mapping[str, Array], stats: Mapping[str, Array],
+           new: Mapping[str, np.ndarray], lr_scale: Mapping[str, float]) -> tuple[dict, dict]:
+  """Writes M new Gaussians into dead slots (host side; shapes unchanged).
+
+  Args:
+    gaussians, stats: the stored scene ([N, ...] each).
+    new: activated values of the M new Gaussians: means [M, 3], scales [M, 3] (> 0), quats
+      [M, 4] (non-zero), opacities [M] in (0, 1), colors [M, 3] in (0, 1), features [M, F].
+    lr_scale: the per-key multipliers of the stored values.
+
+  Returns:
+    (gaussians, stats) with the new Gaussians alive in the lowest dead slots.
+
+  Raises:
+    ValueError naming the item: more new Gaussians than dead slots (N over the capacity), a
+    scale <= 0, a zero quaternion, an opacity or colour outside (0, 1), a wrong shape.
+  """
+  alive = np.asarray(stats["alive"]) > 0.5
+  cap = alive.shape[0]
+  m = int(np.asarray(new["means"]).shape[0])
+  dead = np.flatnonzero(~alive)
+  if m > len(dead):
+    raise ValueError(f"scene: inserting {m} Gaussians exceeds the capacity: {len(dead)} of "
+                     f"{cap} slots are free ({cap - len(dead)} alive)")
+  feat_dim = np.asarray(gaussians["features"]).shape[1]
+  want = dict(means=(m, 3), scales=(m, 3), quats=(m, 4), opacities=(m,), colors=(m, 3),
+              features=(m, feat_dim))
+  for k, shape in want.items():
+    if k not in new or tuple(np.shape(new[k])) != shape:
+      raise ValueError(f"scene.insert: new[{k!r}] must have shape {list(shape)}, got "
+                       f"{np.shape(new[k]) if k in new else 'nothing'}")
+  nv = {k: np.asarray(new[k], np.float64) for k in want}
+  for k, v in nv.items():
+    bad = ~np.isfinite(v.reshape(m, -1)).all(-1)
+    if bad.any():
+      raise ValueError(f"scene.insert: new Gaussian {int(np.argmax(bad))}: {k} is not finite")
+  checks = (("scales", ~(nv["scales"] > 0).all(-1), "must be > 0"),
+            ("quats", np.linalg.norm(nv["quats"], axis=-1) < 1e-12, "has zero norm"),
+            ("opacities", ~((nv["opacities"] > 0) & (nv["opacities"] < 1)), "must lie in (0, 1)"),
+            ("colors", ~((nv["colors"] > 0) & (nv["colors"] < 1)).all(-1), "must lie in (0, 1)"))
+  for k, bad, what in checks:
+    if bad.any():
+      i = int(np.argmax(bad))
+      raise ValueError(f"scene.insert: new Gaussian {i}: {k} {nv[k][i]} {what}")
+  logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+  values = dict(means=nv["means"], log_scales=np.log(nv["scales"]), quats=nv["quats"],
+                opacity_logits=logit(nv["opacities"]), colors=logit(nv["colors"]),
+                features=nv["features"])
+  slots = dead[:m]
+  out = {}
+  for k in KEYS:
+    v = np.array(gaussians[k], copy=True)
+    v[slots] = values[k] / lr_scale.get(k, 1.0)
+    out[k] = jnp.asarray(v, jnp.asarray(gaussians[k]).dtype)
+  new_alive = np.asarray(stats["alive"], np.float32).copy()
+  new_alive[slots] = 1.0
+  return out, dict(stats, alive=jnp.asarray(new_alive))
