@@ -230,3 +230,28 @@ def test_prompt_methods_jitted_steps_move_only_the_prompt(coop, method):
   if method == "cocoop":    # the bias adds to every ctx vector (ReLU units may be dead)
     assert np.abs(g["['prompt']['linear2']['bias']"]).max() > 0
   assert any("linear1" in k for k in mask if mask[k]) == (method == "cocoop")
+
+
+def test_cpl_sharded_loss_equals_unsharded():
+  """The CPL loss (CoCoOp context, counterfactual solver, contrastive term) and its gradient on a
+  (4, 2) data x tensor mesh equal the single-device values."""
+  from mfm_jax.engine import mesh as mesh_lib   # pylint: disable=g-import-not-at-top
+  task = pl.PromptLearningTask(cpl_config.get_config("smoke,method=cpl"))
+  boxed = jax.jit(task.init)(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: (np.asarray(a) + rng.normal(0, 0.05, a.shape)).astype(a.dtype),
+                        nn.meta.unbox(boxed))
+  batch = next(task.make_iterator("train", 8, 0, 0, 1))
+  loss_grad = jax.value_and_grad(lambda p, b: task.loss(p, b, jax.random.key(1))[0])
+  ref_loss, ref_grad = jax.jit(loss_grad)(params, batch)
+  rules = mesh_lib.DEFAULT_RULES
+  mesh = mesh_lib.make_mesh({"data": 4, "tensor": 2})
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    p_sh = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    b = mesh_lib.global_batch(batch, mesh, rules)
+    loss, grad = jax.jit(loss_grad)(jax.device_put(params, p_sh), b)
+  assert len(jax.tree.leaves(b)[0].sharding.device_set) == 8
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6),
+               grad, ref_grad)
+  assert np.abs(_flat(ref_grad)["['prompt']['ctx']"]).max() > 0
