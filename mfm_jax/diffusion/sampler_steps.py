@@ -21,8 +21,9 @@ Tables. Host scalars repeat diffusers' float32 chains with correctly rounded Num
 CPU float32 sqrt / log / exp are faithful, not correctly rounded, so single entries may differ by
 one ulp, which moves results by ~1e-7. One chain is pure cancellation noise in float32:
 EulerAncestral's sigma_down = sqrt(s_to^2 - sigma_up^2) at the first step from the cosine
-sigma_max; it is computed in float64 here, which gives diffusers' dt for ``trailing`` but not
-for ``linspace``, where diffusers' sigma_down rounds to 0 (~4e-5 relative after 10 steps).
+sigma_max. It repeats diffusers' float32 operations one by one (mul, sub, div and sqrt are
+correctly rounded in both), so it reproduces the same noise. A float64 chain matched diffusers
+for ``trailing`` on one machine, but was 2.7e-5 away on another.
 """
 from __future__ import annotations
 
@@ -208,11 +209,12 @@ def euler_ancestral(acp, spacing, prediction_type, n, steps_offset):
                      "not 'sample' (as diffusers)")
   ts, sig = schedules.euler_tables(acp, spacing, n, steps_offset)
   tables = _euler_rows(ts, sig)
-  # In float64: at the first step from a large sigma_max, s_to^2 - sigma_up^2 cancels to noise in
-  # float32 (diffusers' value is as noisy); float64 gives the dt that its float32 dt rounds to.
-  s_from, s_to = sig[:-1].astype(np.float64), sig[1:].astype(np.float64)
-  sigma_up = (s_to**2 * (s_from**2 - s_to**2) / s_from**2) ** 0.5
-  sigma_down = np.maximum(s_to**2 - sigma_up**2, 0.0) ** 0.5
+  # diffusers' float32 chain, op by op (each op correctly rounded, as torch's scalar mul / sub /
+  # div / sqrt are): at the first step from a large sigma_max, s_to^2 - sigma_up^2 cancels, and
+  # only the same roundings give the same (noisy) sigma_down.
+  s_from, s_to = sig[:-1].astype(_F32), sig[1:].astype(_F32)
+  sigma_up = np.sqrt(s_to * s_to * (s_from * s_from - s_to * s_to) / (s_from * s_from))
+  sigma_down = np.sqrt(np.maximum(s_to * s_to - sigma_up * sigma_up, _F32(0.0)))
   tables.update(sigma_up=sigma_up.astype(_F32), dt=(sigma_down - s_from).astype(_F32))
   return Plan(_euler_init_sigma(sig, spacing), tables, _euler_step(prediction_type, True),
               scale_input=True, stochastic=True)
