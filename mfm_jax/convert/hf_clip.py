@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mfm_jax.convert import common
 from mfm_jax.models.clip import CLIP, CLIPText
 from mfm_jax.models.vit import ViT
 
@@ -183,25 +184,8 @@ def model_from_config(cfg: Mapping[str, Any], *, scan_blocks: bool = False,
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """All tensors of ``model.safetensors`` (or the shards of its index) as float32 numpy."""
-  from safetensors.flax import load_file  # jax arrays: handles bf16, unlike the numpy loader
-
-  single = os.path.join(path, "model.safetensors")
-  index = single + ".index.json"
-  if os.path.isfile(single):
-    files = [single]
-  elif os.path.isfile(index):
-    with open(index) as f:
-      files = [os.path.join(path, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
-  else:
-    pickles = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-    hint = (f" (found {pickles}: pickled weights are never loaded; re-save with "
-            "save_pretrained(..., safe_serialization=True))") if pickles else ""
-    raise FileNotFoundError(f"hf_clip: no model.safetensors in {path}{hint}")
-  out = {}
-  for file in files:
-    out.update({k: np.asarray(v, np.float32) for k, v in load_file(file).items()})
-  return out
+  """All tensors of the folder's weights file (or its shards) as float32 numpy."""
+  return common.read_safetensors(path, "model.safetensors", "hf_clip")
 
 
 def _stack(blocks: Mapping[str, Any], depth: int) -> dict[str, Any]:
@@ -249,16 +233,7 @@ def convert(state: Mapping[str, np.ndarray], model: CLIP,
 
 def check(params: Any, abstract: Any) -> None:
   """Fails naming every missing / extra leaf and the first leaf whose shape differs."""
-  src = {jax.tree_util.keystr(k): a for k, a in jax.tree_util.tree_leaves_with_path(params)}
-  dst = {jax.tree_util.keystr(k): a for k, a in jax.tree_util.tree_leaves_with_path(abstract)}
-  missing, extra = sorted(set(dst) - set(src)), sorted(set(src) - set(dst))
-  if missing or extra:
-    raise ValueError(f"hf_clip: converted params do not match the model; missing {missing}, "
-                     f"unexpected {extra}")
-  for k, a in dst.items():
-    if tuple(src[k].shape) != tuple(a.shape):
-      raise ValueError(f"hf_clip: param {k} has shape {tuple(src[k].shape)}, the model expects "
-                       f"{tuple(a.shape)}")
+  common.check_params(params, abstract, "hf_clip")
 
 
 def load(path: str, *, scan_blocks: bool = False, remat_policy: str = "none",

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mfm_jax.convert import common
 from mfm_jax.models import unet_blocks as ub
 from mfm_jax.models.unet3d import UNet3D
 
@@ -242,25 +243,8 @@ def _dummy(model: UNet3D, in_channels: int, text_dim: int) -> tuple[jax.ShapeDty
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """All tensors of ``diffusion_pytorch_model.safetensors`` (or its shards) as float32 numpy."""
-  from safetensors.flax import load_file  # handles bf16 / fp16
-
-  single = os.path.join(path, WEIGHTS)
-  index = single + ".index.json"
-  if os.path.isfile(single):
-    files = [single]
-  elif os.path.isfile(index):
-    with open(index) as f:
-      files = [os.path.join(path, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
-  else:
-    pickles = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-    hint = (f" (found {pickles}: pickled weights are never loaded; re-save with "
-            "save_pretrained(..., safe_serialization=True))") if pickles else ""
-    raise FileNotFoundError(f"sd_unet: no {WEIGHTS} in {path}{hint}")
-  out = {}
-  for file in files:
-    out.update({k: np.asarray(v, np.float32) for k, v in load_file(file).items()})
-  return out
+  """All tensors of the folder's weights file (or its shards) as float32 numpy."""
+  return common.read_safetensors(path, WEIGHTS, "sd_unet")
 
 
 def convert(state: Mapping[str, Any], model: UNet3D, *, in_channels: int,
@@ -322,16 +306,7 @@ def _temporal_init(model: UNet3D, abstract: Mapping[str, Any], rng: jax.Array) -
 
 def check(params: Any, abstract: Any) -> None:
   """Fails naming every missing / extra leaf and the first leaf whose shape differs."""
-  src = {jax.tree_util.keystr(k): a for k, a in jax.tree_util.tree_leaves_with_path(params)}
-  dst = {jax.tree_util.keystr(k): a for k, a in jax.tree_util.tree_leaves_with_path(abstract)}
-  missing, extra = sorted(set(dst) - set(src)), sorted(set(src) - set(dst))
-  if missing or extra:
-    raise ValueError(f"sd_unet: converted params do not match the model; missing {missing}, "
-                     f"unexpected {extra}")
-  for k, a in dst.items():
-    if tuple(src[k].shape) != tuple(a.shape):
-      raise ValueError(f"sd_unet: param {k} has shape {tuple(src[k].shape)}, the model expects "
-                       f"{tuple(a.shape)}")
+  common.check_params(params, abstract, "sd_unet")
 
 
 def read_config(path: str) -> dict[str, Any]:

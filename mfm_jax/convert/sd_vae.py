@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mfm_jax.convert import common
 from mfm_jax.models import vae
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -176,25 +177,8 @@ def model_from_config(cfg: Mapping[str, Any], *, temporal_downsample: bool = Fal
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """All tensors of ``diffusion_pytorch_model.safetensors`` (or its shards) as float32 numpy."""
-  from safetensors.flax import load_file  # jax arrays: handles bf16, unlike the numpy loader
-
-  single = os.path.join(path, WEIGHTS)
-  index = os.path.join(path, "diffusion_pytorch_model.safetensors.index.json")
-  if os.path.isfile(single):
-    files = [single]
-  elif os.path.isfile(index):
-    with open(index) as f:
-      files = [os.path.join(path, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
-  else:
-    pickles = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-    hint = (f" (found {pickles}: pickled weights are never loaded; re-save with "
-            "save_pretrained(..., safe_serialization=True))") if pickles else ""
-    raise FileNotFoundError(f"sd_vae: no {WEIGHTS} in {path}{hint}")
-  out = {}
-  for file in files:
-    out.update({k: np.asarray(v, np.float32) for k, v in load_file(file).items()})
-  return out
+  """All tensors of the folder's weights file (or its shards) as float32 numpy."""
+  return common.read_safetensors(path, WEIGHTS, "sd_vae")
 
 
 def abstract_params(model: vae.AutoencoderKL) -> Any:
@@ -244,16 +228,7 @@ def convert(state: Mapping[str, np.ndarray], model: vae.AutoencoderKL,
 
 def check(params: Any, abstract: Any) -> None:
   """Fails naming every missing / extra leaf and the first leaf whose shape differs."""
-  src = {jax.tree_util.keystr(k): a for k, a in jax.tree_util.tree_leaves_with_path(params)}
-  dst = {jax.tree_util.keystr(k): a for k, a in jax.tree_util.tree_leaves_with_path(abstract)}
-  missing, extra = sorted(set(dst) - set(src)), sorted(set(src) - set(dst))
-  if missing or extra:
-    raise ValueError(f"sd_vae: converted params do not match the model; missing {missing}, "
-                     f"unexpected {extra}")
-  for k, a in dst.items():
-    if tuple(src[k].shape) != tuple(a.shape):
-      raise ValueError(f"sd_vae: param {k} has shape {tuple(src[k].shape)}, the model expects "
-                       f"{tuple(a.shape)}")
+  common.check_params(params, abstract, "sd_vae")
 
 
 def load(path: str, *, temporal_downsample: bool = False, dtype: Any = jnp.float32
