@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mfm_jax.diffusion import samplers
-from mfm_jax.diffusion.sampler_steps import EagerOps
 
 EnergyFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -167,37 +166,17 @@ def guided_sample(model_fn: samplers.ModelFn, energy_fn: EnergyFn, x_T: jax.Arra
   x_T = jnp.asarray(x_T)
   dtype, batch = x_T.dtype, x_T.shape[0]
   eta = jnp.asarray(eta, jnp.float32)
-  xs = {k: jnp.asarray(v, jnp.float32) for k, v in plan.tables.items()}
-  xs["i"] = jnp.arange(plan.tables["t"].shape[0], dtype=jnp.int32)
-
-  def scale(x32, row):
-    return EagerOps(x32).div(x32, row["in_div"]) if plan.scale_input else x32
 
   def guide(x32, row):
     t = jnp.broadcast_to(row["t"], (batch,))
-    grad = jax.grad(lambda z: jnp.sum(energy_fn(scale(z, row).astype(dtype), t)))
+    grad = jax.grad(lambda z: jnp.sum(
+        energy_fn(samplers.scale_model_input(plan, z, row).astype(dtype), t)))
 
     def inner(_, z):
       return z - eta * grad(z).astype(jnp.float32)
     return jax.lax.fori_loop(0, n_inner, inner, x32)
 
-  def body(carry, row):
-    x, prev = carry
-    x32 = x.astype(jnp.float32)
-    x32 = jax.lax.cond(row["i"] < guidance_steps, guide, lambda z, r: z, x32, row)
-    x = x32.astype(dtype)
-    x32 = x.astype(jnp.float32)
-    out = model_fn(scale(x32, row).astype(dtype), jnp.broadcast_to(row["t"], (batch,)))
-    if out.shape != x.shape:
-      raise ValueError(f"model_fn returned shape {out.shape}, expected {x.shape}")
-    out = out.astype(jnp.float32)
-    noise = None
-    if plan.stochastic:
-      noise = jax.random.normal(jax.random.fold_in(rng, row["i"]), x.shape, jnp.float32)
-    x_prev, prev = plan.step(EagerOps(out), x32, out, row, noise, prev)
-    return (x_prev.astype(dtype), prev), None
+  def pre_step(x32, row):
+    return jax.lax.cond(row["i"] < guidance_steps, guide, lambda z, r: z, x32, row)
 
-  x = (x_T.astype(jnp.float32) * jnp.asarray(plan.init_noise_sigma, jnp.float32)).astype(dtype)
-  prev = jnp.zeros(x.shape, jnp.float32) if plan.multistep else None
-  (x, _), _ = jax.lax.scan(body, (x, prev), xs)
-  return x
+  return samplers._loop(model_fn, x_T, rng, plan, pre_step)  # pylint: disable=protected-access

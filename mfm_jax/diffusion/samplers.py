@@ -182,8 +182,19 @@ def timesteps(name: str, **settings: Any) -> np.ndarray:
   return make_plan(name, **settings).tables["t"].copy()
 
 
-def _loop(model_fn: ModelFn, x_T: jax.Array, rng: jax.Array | None, plan: Plan) -> jax.Array:
-  """The sampling loop: one ``lax.scan`` over the plan's tables."""
+def scale_model_input(plan: Plan, x32: jax.Array, row: dict) -> jax.Array:
+  """diffusers' ``scale_model_input`` for one row of the plan's tables (float32)."""
+  return EagerOps(x32).div(x32, row["in_div"]) if plan.scale_input else x32
+
+
+def _loop(model_fn: ModelFn, x_T: jax.Array, rng: jax.Array | None, plan: Plan,
+          pre_step: Callable[[jax.Array, dict], jax.Array] | None = None) -> jax.Array:
+  """The sampling loop: one ``lax.scan`` over the plan's tables.
+
+  ``pre_step(x32, row) -> x32``, when given, moves the float32 sample before each step's model
+  call (e.g. guidance by an energy gradient, ``attention_guidance.py``); ``row`` holds the step's
+  table entries and its index ``"i"``.
+  """
   dtype, batch = x_T.dtype, x_T.shape[0]
   xs = {k: jnp.asarray(v, jnp.float32) for k, v in plan.tables.items()}
   xs["i"] = jnp.arange(plan.tables["t"].shape[0], dtype=jnp.int32)
@@ -191,7 +202,10 @@ def _loop(model_fn: ModelFn, x_T: jax.Array, rng: jax.Array | None, plan: Plan) 
   def body(carry, row):
     x, prev = carry
     x32 = x.astype(jnp.float32)
-    model_in = EagerOps(x32).div(x32, row["in_div"]) if plan.scale_input else x32
+    if pre_step is not None:
+      x = pre_step(x32, row).astype(dtype)
+      x32 = x.astype(jnp.float32)
+    model_in = scale_model_input(plan, x32, row)
     out = model_fn(model_in.astype(dtype), jnp.broadcast_to(row["t"], (batch,)))
     if out.shape != x.shape:
       raise ValueError(f"model_fn returned shape {out.shape}, expected {x.shape}")
