@@ -1,5 +1,5 @@
-"""What every importer shares: reading safetensors (never pickles) and checking converted params
-against the model's abstract tree."""
+"""What every importer shares: reading safetensors (never pickles) and checking a params tree
+against the model's abstract tree (also used for checkpoints, ``eval/checkpoints.py``)."""
 from __future__ import annotations
 
 import json
@@ -42,7 +42,7 @@ def check_params(params: Any, abstract: Any, who: str) -> None:
   dst = {jax.tree_util.keystr(k): a for k, a in jax.tree_util.tree_leaves_with_path(abstract)}
   missing, extra = sorted(set(dst) - set(src)), sorted(set(src) - set(dst))
   if missing or extra:
-    raise ValueError(f"{who}: converted params do not match the model; missing {missing}, "
+    raise ValueError(f"{who}: params do not match the model; missing {missing}, "
                      f"unexpected {extra}")
   for k, a in dst.items():
     if tuple(src[k].shape) != tuple(a.shape):

@@ -83,6 +83,7 @@ def load(path: str, expect_task: str | tuple[str, ...] | None = None,
       (e.g. {"data.data_dir": ...}); an unknown key raises naming it.
   """
   from mfm_jax import tasks  # pylint: disable=g-import-not-at-top
+  from mfm_jax.convert import common  # pylint: disable=g-import-not-at-top
   from mfm_jax.engine import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   step_dir = _step_dir(path)
   config = ml_collections.ConfigDict(_lists_to_tuples(_read_config(step_dir)))
@@ -108,17 +109,10 @@ def load(path: str, expect_task: str | tuple[str, ...] | None = None,
   else:
     params = state
   abstract = jax.eval_shape(lambda: nn.meta.unbox(task.init(jax.random.key(0))))
+  common.check_params(params, abstract, f"{step_dir} ({config.task!r} model)")
   flat_src = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
   flat_dst = {jax.tree_util.keystr(k): v
               for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
-  missing, extra = sorted(set(flat_dst) - set(flat_src)), sorted(set(flat_src) - set(flat_dst))
-  if missing or extra:
-    raise ValueError(f"{step_dir}: params do not match the {config.task!r} model; missing "
-                     f"{missing[:5]}, unexpected {extra[:5]}")
-  for k, a in flat_dst.items():
-    if tuple(flat_src[k].shape) != tuple(a.shape):
-      raise ValueError(f"{step_dir}: param {k} has shape {tuple(flat_src[k].shape)}, the model "
-                       f"expects {tuple(a.shape)}")
   params = jax.tree.unflatten(jax.tree.structure(abstract),
                               [flat_src[k].astype(a.dtype) for k, a in flat_dst.items()])
   return Loaded(task, params, config, int(os.path.basename(step_dir)), step_dir)
