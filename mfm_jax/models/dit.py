@@ -62,11 +62,13 @@ class DiTBlock(nn.Module):
   param_dtype: Any = jnp.float32
   flat: bool = True
   scanned: bool = False
+  cross_peft: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array, text: jax.Array | None,
-               text_mask: jax.Array | None):
-    """x: [B, L, D]; c: [B, D]; text: [B, Lt, D]; text_mask: [B, Lt] bool -> [B, L, D]."""
+               text_mask: jax.Array | None, text_values: jax.Array | None = None):
+    """x: [B, L, D]; c: [B, D]; text: [B, Lt, D]; text_mask: [B, Lt] bool; text_values:
+    [B, Lt, D] values of the cross-attention (None = ``text``) -> [B, L, D]."""
     b, l, d = x.shape
     t, h, w = self.grid
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -97,7 +99,8 @@ class DiTBlock(nn.Module):
     if self.cross_attention:
       y = layers.LayerNorm(name="norm_cross", **kw)(x)
       x = x + layers.Attention(self.num_heads, zero_out=True, flat=self.flat,
-                               name="cross_attn", **kw)(y, text, mask=text_mask)
+                               peft=self.cross_peft, name="cross_attn", **kw)(
+                                   y, text, mask=text_mask, value_context=text_values)
     shift, scale, gate = mods[-3:]
     y = layers.modulate(norm("norm_mlp")(x), shift, scale)
     x = x + gate * layers.Mlp(int(d * self.mlp_ratio), flat=self.flat, name="mlp", **kw)(y)
@@ -122,6 +125,8 @@ class VideoDiT(nn.Module):
     motion_levels: L > 0 adds a motion-intensity embedding (Mojito): a zero-initialised table
       ``motion_embed`` [L + 1, D] indexed by the call's ``motion_level`` (levels 0 .. L-1, L = the
       null level) and added to the timestep embedding; 0 = off (no parameter).
+    cross_peft: a ``peft.PeftConfig`` with method ``lora`` (or None): LoRA on the cross-attention
+      projections of every block (Discffusion); parameters ``peft_*`` under ``cross_attn``.
   """
   out_channels: int
   width: int = 384
@@ -138,12 +143,14 @@ class VideoDiT(nn.Module):
   param_dtype: Any = jnp.float32
   flat: bool = True
   motion_levels: int = 0
+  cross_peft: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, text: jax.Array | None = None,
                text_mask: jax.Array | None = None,
                pooled: jax.Array | None = None,
-               motion_level: jax.Array | None = None) -> jax.Array:
+               motion_level: jax.Array | None = None,
+               text_values: jax.Array | None = None) -> jax.Array:
     """Predicts the diffusion target.
 
     Args:
@@ -153,6 +160,9 @@ class VideoDiT(nn.Module):
       text_mask: [B, Lt] bool, True = real token (default: all real).
       pooled: [B, Dt] pooled text embedding, added to the timestep embedding (optional).
       motion_level: [B] int in [0, motion_levels] (``motion_levels`` = null); None = null.
+      text_values: [B, S, Lt, Dt] S token sequences aligned with ``text`` whose projections,
+        averaged over S, are the cross-attention values while the keys come from ``text``
+        (StructureDiffusion); None = plain cross-attention.
 
     Returns:
       [B, T, H, W, out_channels] float32.
@@ -176,27 +186,38 @@ class VideoDiT(nn.Module):
       level = (jnp.full((b,), self.motion_levels, jnp.int32) if motion_level is None
                else jnp.asarray(motion_level, jnp.int32))
       c = c + jnp.take(table, level, axis=0).astype(c.dtype)
-    ctx = mask = None
+    ctx = mask = vals = None
+    if self.cross_peft is not None and getattr(self.cross_peft, "method", "none") not in (
+        "none", "lora"):
+      raise ValueError(f"VideoDiT.cross_peft: only LoRA is supported, got "
+                       f"{self.cross_peft.method!r}")
     if self.cross_attention:
       if text is None:
         raise ValueError("VideoDiT(cross_attention=True) needs text tokens [B, Lt, Dt]")
-      ctx = layers.Mlp(d, d, flat=self.flat, name="text_proj", **kw)(text)
-      ctx = layers.constrain(ctx, ("batch", "length", "embed"))
+      text_proj = layers.Mlp(d, d, flat=self.flat, name="text_proj", **kw)
+      ctx = layers.constrain(text_proj(text), ("batch", "length", "embed"))
       mask = jnp.ones(text.shape[:2], bool) if text_mask is None else text_mask.astype(bool)
+      if text_values is not None:
+        if text_values.ndim != 4 or text_values.shape[0] != b or (
+            text_values.shape[2:] != text.shape[1:]):
+          raise ValueError(f"text_values must be [B, S, Lt, Dt] = [{b}, S, "
+                           f"{', '.join(map(str, text.shape[1:]))}], got {text_values.shape}")
+        vals = text_proj(text_values).mean(axis=1)   # linear maps after: mean of outputs
+        vals = layers.constrain(vals, ("batch", "length", "embed"))
 
     block_kw = dict(num_heads=self.num_heads, grid=grid, mlp_ratio=self.mlp_ratio,
                     attention=self.attention, cross_attention=self.cross_attention,
-                    flat=self.flat, **kw)
+                    flat=self.flat, cross_peft=self.cross_peft, **kw)
     if self.scan_blocks:
       block = layers.remat(DiTBlock, self.remat_policy, prevent_cse=False)
-      stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0},
-                      split_rngs={"params": True}, in_axes=(nn.broadcast,) * 3,
+      stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "attn_logits": 0},
+                      split_rngs={"params": True}, in_axes=(nn.broadcast,) * 4,
                       length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
-      tok, _ = stack(scanned=True, name="blocks", **block_kw)(tok, c, ctx, mask)
+      tok, _ = stack(scanned=True, name="blocks", **block_kw)(tok, c, ctx, mask, vals)
     else:
       block = layers.remat(DiTBlock, self.remat_policy)
       for i in range(self.depth):
-        tok = block(name=f"block_{i}", **block_kw)(tok, c, ctx, mask)
+        tok = block(name=f"block_{i}", **block_kw)(tok, c, ctx, mask, vals)
 
     shift, scale = layers.AdaLNModulation(2, d, name="final_adaln", **kw)(c)
     y = layers.modulate(layers.LayerNorm(use_scale=False, use_bias=False, name="final_norm",

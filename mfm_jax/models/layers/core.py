@@ -154,7 +154,9 @@ class Attention(nn.Module):
   Projection kernels: q/k/v ``[D, N, Dh]`` named ``(embed, heads, kv)``, out ``[N, Dh, D]`` named
   ``(heads, kv, embed)``. Probabilities are sown as ``intermediates/.../attn_maps`` with shape
   ``[B, N, Lq, Lk]`` only when ``sow_maps`` is set and the ``intermediates`` collection is mutable;
-  otherwise nothing is stored (no extra cost).
+  the scaled, masked logits (masked keys at the float32 minimum) are sown as
+  ``attn_logits/.../logits`` only when the ``attn_logits`` collection is mutable in an ``apply``
+  (Discffusion's score); otherwise nothing is stored (no extra cost).
 
   Attributes:
     num_heads: N.
@@ -178,7 +180,8 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
                bias: jax.Array | None = None, mask: jax.Array | None = None,
-               causal: bool = False, shared: Any = None) -> jax.Array:
+               causal: bool = False, shared: Any = None,
+               value_context: jax.Array | None = None) -> jax.Array:
     """Attends from ``x`` to ``context`` (or to ``x``).
 
     Args:
@@ -189,6 +192,8 @@ class Attention(nn.Module):
         attention (the output is the out-projection bias), e.g. an empty caption.
       causal: also mask keys after the query position (self-attention).
       shared: the tower's ``peft.SharedFactors`` output (KAdaptation slow factors), or None.
+      value_context: [B, Lk, Dc] a separate source for the values (keys still come from
+        ``context``), e.g. StructureDiffusion's noun-phrase sequences; None = ``context``.
 
     Returns:
       [B, Lq, out_features].
@@ -203,7 +208,11 @@ class Attention(nn.Module):
     proj = peft_lib.AttentionHook(self, self.peft, shared)  # plain dense(x) when peft is None
     q = proj("query", dense((self.num_heads, dh), qkv_names, "query"), x)
     k = proj("key", dense((self.num_heads, dh), qkv_names, "key"), kv_in)
-    v = proj("value", dense((self.num_heads, dh), qkv_names, "value"), kv_in)
+    v_in = kv_in if value_context is None else value_context
+    if v_in.shape[:2] != kv_in.shape[:2]:
+      raise ValueError(f"value_context {v_in.shape} must match the keys' [B, Lk] "
+                       f"{kv_in.shape[:2]}")
+    v = proj("value", dense((self.num_heads, dh), qkv_names, "value"), v_in)
     q = constrain(q, ("batch", "length", "heads", "kv"))
     k = constrain(k, ("batch", "length", "heads", "kv"))
     v = constrain(v, ("batch", "length", "heads", "kv"))
@@ -223,6 +232,8 @@ class Attention(nn.Module):
       keep = tri if keep is None else keep & tri
     if keep is not None:  # finite fill: no NaN for fully masked rows
       logits = jnp.where(keep, logits, jnp.finfo(jnp.float32).min)
+    if self.is_mutable_collection("attn_logits") and not self.is_initializing():
+      self.sow("attn_logits", "logits", logits)
     probs = jax.nn.softmax(logits, axis=-1)
     if mask is not None:  # a query with no real key attends to nothing (output = out bias)
       probs = probs * mask.any(-1)[:, None, None, None]
