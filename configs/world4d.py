@@ -15,7 +15,12 @@ step, and on this clip worse on the moving objects).
 
 Arg words: ``smoke``; ``deform=scaffold|hexplane|none``; ``blend=dqb|lbs`` (scaffold);
 ``clip=N`` (world clip index); ``world=smoke|small|full``; ``folder=PATH``; ``steps=N``;
-``capacity=N``; ``batch=N``.
+``capacity=N``; ``batch=N``; ``teacher=random|clip`` (the text head's teacher; ``clip``: the
+project's CLIP text tower from the contrastive run in $MFM_CLIP_CHECKPOINT, embed_dim 64 =
+``model.text_dim``; `mfm_jax.world4d.teachers`).
+
+  MFM_CLIP_CHECKPOINT=/work/ckpt/clip_world python -m mfm_jax.train \
+      --config configs/world4d.py:teacher=clip --workdir /tmp/w4d_clip
 """
 import ml_collections
 
@@ -24,7 +29,7 @@ from mfm_jax.engine.config import base_config, parse_arg
 
 def get_config(arg=None):
   a = parse_arg(arg, smoke=False, deform="scaffold", blend="dqb", clip=0, world="small",
-                folder="", steps=0, capacity=0, batch=0)
+                folder="", steps=0, capacity=0, batch=0, teacher="random")
   c = base_config()
   c.task = "fit4d"
   c.seed = 0
@@ -97,6 +102,10 @@ def get_config(arg=None):
     c.model.feature_dim, c.model.heads_hidden, c.model.text_dim = 8, 16, 16
     c.densify.update(every=2, start=2, stop=4, stop_prune=6)
     c.eval.update(batch=4, num_train_images=4, turntable_frames=4)
+  if a.teacher not in ("random", "clip"):
+    raise ValueError(f"configs/world4d.py: teacher={a.teacher!r}; use random or clip")
+  if a.teacher == "clip":
+    c.model.text_teacher = "mfm_jax.world4d.teachers:clip_from_env"
   if a.steps:
     c.total_steps = a.steps
   if a.capacity:

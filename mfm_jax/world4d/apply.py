@@ -12,8 +12,10 @@ Per-Gaussian decoding: each Gaussian's own feature f_i [F] goes through the fitt
 composited pixel) -> instance logits [N, num_ids] and a text embedding [N, D]. Selection
 (``by="text"``, the method): cosine similarity of the text embedding with the query
 embedding(s) from the teacher (max over the query's embeddings for a plural target) >=
-``threshold``, among alive Gaussians. ``by="instance"``: argmax of the instance head is one of
-the description ids the teacher matched (a check of the text route).
+``threshold``, among alive Gaussians; when the teacher has ``negatives`` (embeddings of negative
+phrases, e.g. "background"), the score is `edits.relevancy` against them instead (threshold 0.5:
+closer to the query than to every negative). ``by="instance"``: argmax of the instance head is
+one of the description ids the teacher matched (a check of the text route).
 
 An ``Edit`` is three arrays over the fixed capacity: ``alive`` [N] (delete / extract),
 ``colors`` [N, 3] (recolour; activated colours in [0, 1]) and ``shift`` [N, 3] (redirect: the
@@ -114,6 +116,11 @@ def select(fs: FittedScene, target: commands_lib.Target, teacher, threshold: flo
     if query.shape[-1] != dec["text"].shape[-1]:
       raise ValueError(f"query embeddings have width {query.shape[-1]}, the fit's text head "
                        f"{dec['text'].shape[-1]}: teacher and fit disagree")
+    negatives = getattr(teacher, "negatives", None)
+    if negatives is not None:
+      scores = np.max([np.asarray(edits.relevancy(dec["text"], jnp.asarray(q),
+                                                  jnp.asarray(negatives))) for q in query], 0)
+      return Selection((scores >= threshold) & alive, scores, ids, query)
     masks = [np.asarray(edits.select(dec["text"], jnp.asarray(q), alive, threshold)) for q in query]
     d = np.asarray(dec["text"])
     d = d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-12)

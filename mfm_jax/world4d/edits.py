@@ -9,6 +9,8 @@ with the same compiled rasteriser.
 Selection: each Gaussian's feature is decoded to the teacher's embedding space (``decode``, e.g.
 the feature field's text head applied per Gaussian) and compared with the query's text
 embedding by cosine similarity; Gaussians at or above ``threshold`` (and alive) are selected.
+Where unrelated phrases are not near-orthogonal in the teacher space, ``relevancy`` scores the
+query against negative phrases instead (threshold 0.5: closer to the query than to any negative).
 
 Redirect gives the selected Gaussians a new trajectory on top of the fitted motion: at time
 fraction ``s`` in [0, 1] of the clip they are displaced by ``s * distance * direction`` (a straight
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+import jax
 import jax.numpy as jnp
 
 from mfm_jax.world4d import commands as commands_lib
@@ -43,6 +46,29 @@ def select(decoded: Array, query: Array, alive: Array, threshold: float) -> Arra
   d = decoded / jnp.maximum(jnp.linalg.norm(decoded, axis=-1, keepdims=True), 1e-12)
   q = query / jnp.maximum(jnp.linalg.norm(query), 1e-12)
   return (d @ q >= threshold) & (jnp.asarray(alive) > 0)
+
+
+def relevancy(decoded: Array, query: Array, negatives: Array, temperature: float = 0.1) -> Array:
+  """Relevancy of each Gaussian to a query against canonical negative phrases (LERF, Kerr et al.
+  2023, pairwise form): ``min_k sigmoid((cos(d, q) - cos(d, n_k)) / temperature)``; >= 0.5 iff
+  the Gaussian's embedding is closer to the query than to every negative. For teacher spaces
+  where unrelated phrases are far from orthogonal (a small CLIP text tower: cosines of 0.6-0.8
+  between "background" and object descriptions), where a fixed cosine threshold cannot work.
+
+  Args:
+    decoded: [N, E] per-Gaussian embeddings; query: [E]; negatives: [K, E], K >= 1.
+
+  Returns:
+    [N] float in (0, 1).
+  """
+  if decoded.ndim != 2 or query.shape != decoded.shape[-1:] or negatives.ndim != 2 or \
+      negatives.shape[-1] != decoded.shape[-1] or negatives.shape[0] < 1:
+    raise ValueError(f"relevancy: decoded must be [N, E], query [E] and negatives [K>=1, E], got "
+                     f"{decoded.shape}, {query.shape}, {negatives.shape}")
+  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa
+  d = unit(decoded)
+  margin = d @ unit(query) - (d @ unit(negatives).T).max(-1)
+  return jax.nn.sigmoid(margin / temperature)
 
 
 def delete(gaussians: Mapping[str, Array], selected: Array) -> dict:

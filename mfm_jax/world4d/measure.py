@@ -19,6 +19,13 @@ Report fields (pixel counts are summed over all M images):
     twin: every pixel; pixels not the target's in the original; pixels of the other objects;
     the target's former pixels) and, for reference, psnr_before_vs_truth_* on the same pixel
     sets (the fit's own error), all also restricted to held-out images (``heldout_*``).
+  redirect: `measure_redirect`, against `truth.render_moved` (the clip re-rendered with the
+    object pushed the same way); ``shift`` the world-frame displacement at the last frame.
+  sel_mask_iou: IoU of the selected Gaussians' rendered mask (alpha > 0.5, before the edit) with
+    the true mask; decoded_mask_iou_before: of the decoded instance mask with it.
+  selection_sweep: precision / recall / F1 of the selection score at thresholds SWEEP.
+  extract: mean alpha after on the true mask and outside it (dilated 1 px), pixels outside with
+    alpha > 0.5, PSNR on the true mask after vs before / vs the clip (before vs the clip too).
   recolour: psnr_outside_vs_before (pixels outside the selected Gaussians' rendered mask,
     alpha < 1/255, and outside the true target mask dilated by 1 px), changed_pixels and the
     fraction of them inside the selected mask (changed_inside_sel_mask) and inside the dilated
@@ -47,6 +54,65 @@ def _dilate(mask: np.ndarray, r: int = 1) -> np.ndarray:
   for dy in range(2 * r + 1):
     for dx in range(2 * r + 1):
       out |= pad[..., dy:dy + h, dx:dx + w]
+  return out
+
+
+SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+
+def selection_sweep(scores: np.ndarray, on_target: np.ndarray, alive: np.ndarray,
+                    thresholds=SWEEP) -> list[dict]:
+  """Precision / recall / F1 of ``scores`` [N] >= t among alive [N] against on_target [N], per
+  threshold t (the selection's quality independent of one threshold)."""
+  out = []
+  for t in thresholds:
+    pr = truth.precision_recall((scores >= t) & alive, on_target)
+    pr["f1"] = 2 * pr["true_positive"] / max(pr["selected"] + pr["true"], 1)
+    out.append(dict(threshold=float(t), **pr))
+  return out
+
+
+def measure_redirect(r: dict, twin: dict, cap, ids: list, held: np.ndarray) -> dict:
+  """A redirect against its truth ``twin`` (`truth.render_moved`; rgb / instance [M, H, W(, 3)]);
+  sets r["twin"]. PSNRs of the edit (after), of the unedited fit (before: the do-nothing
+  baseline) and of the fit on the original clip (its own error) on: every pixel; ``target``
+  (the object's pixels in the twin; for the fit's own error, in the clip); ``outside`` (pixels of
+  the object in neither); ``other_objects`` (the others' pixels, outside). Decoded-mask IoU vs the
+  twin's mask; image-space centroid displacement (px) of the decoded mask (after - before)
+  against the true one (twin - clip), over images where all four masks are non-empty."""
+  r["twin"] = twin["rgb"]
+  true_before = np.isin(cap.instance, ids)
+  true_after = np.isin(twin["instance"], ids)
+  outside = ~(true_before | true_after)
+  sets = dict(all=np.ones_like(outside), target=true_after, outside=outside,
+              other_objects=(twin["instance"] > 0) & outside)
+  out = {}
+  for name, m in sets.items():
+    out[f"psnr_vs_moved_twin_{name}"] = truth.psnr(r["after"]["rgb"], twin["rgb"], m)
+    out[f"psnr_unedited_vs_moved_twin_{name}"] = truth.psnr(r["before"]["rgb"], twin["rgb"], m)
+    fit_m = true_before if name == "target" else m
+    out[f"psnr_before_vs_truth_{name}"] = truth.psnr(r["before"]["rgb"], cap.images, fit_m)
+    out[f"heldout_psnr_vs_moved_twin_{name}"] = truth.psnr(r["after"]["rgb"][held],
+                                                           twin["rgb"][held], m[held])
+  out["psnr_after_vs_before_outside"] = truth.psnr(r["after"]["rgb"], r["before"]["rgb"], outside)
+  if "instance" in r["after"]:
+    dec_before = np.isin(r["before"]["instance"], ids)
+    dec_after = np.isin(r["after"]["instance"], ids)
+    out["decoded_mask_iou_vs_moved_twin"] = truth.mask_iou(dec_after, true_after)
+    out["decoded_mask_iou_unedited_vs_moved_twin"] = truth.mask_iou(dec_before, true_after)
+    want = truth.centroids(true_after) - truth.centroids(true_before)
+    got = truth.centroids(dec_after) - truth.centroids(dec_before)
+    ok = np.isfinite(want).all(-1) & np.isfinite(got).all(-1)
+    last = ok & (cap.frames == cap.frames.max())
+    err = np.linalg.norm(got - want, axis=-1)
+    out.update(
+        centroid_images=int(ok.sum()),
+        centroid_true_displacement_px=float(np.linalg.norm(want[ok], axis=-1).mean()),
+        centroid_error_px=float(err[ok].mean()),
+        centroid_true_displacement_px_last_frame=float(np.linalg.norm(want[last], axis=-1).mean()),
+        centroid_error_px_last_frame=float(err[last].mean()),
+        centroid_displacement_ratio=float(np.sum(got[ok] * want[ok]) / max(np.sum(want[ok] ** 2),
+                                                                             1e-12)))
   return out
 
 
@@ -95,6 +161,9 @@ def run_edit(fs: apply_lib.FittedScene, instruction: str, teacher=None, threshol
     if "instance" in r["after"]:
       rep["true_mask_still_target_after"] = float(
           np.isin(r["after"]["instance"], ids)[true_mask].mean()) if true_mask.any() else None
+      rep["decoded_mask_iou_before"] = truth.mask_iou(np.isin(r["before"]["instance"], ids),
+                                                      true_mask)
+    rep["sel_mask_iou"] = truth.mask_iou(r["sel_alpha"] > 0.5, true_mask)
   if with_truth and task.config.data.source == "world" and ids:
     ep = truth.world_episode(task.config.data)
     means0 = np.asarray(task.gaussians_at(fs.params, 0.0)["means"])
@@ -104,6 +173,7 @@ def run_edit(fs: apply_lib.FittedScene, instruction: str, teacher=None, threshol
     if task.has_instance:
       by_inst = apply_lib.select(fs, cmd.target, teacher, threshold, by="instance").mask
       rep["selection_by_instance"] = truth.precision_recall(by_inst, on_target)
+    rep["selection_sweep"] = selection_sweep(sel.scores, on_target, alive)
     rep["true_labels"] = {str(i): int(((labels == i) & alive).sum()) for i in np.unique(labels)}
     # Where the selected Gaussians lie: distance from the (first) target's centre in units of
     # its radius (quartiles), and the selection's precision weighted by opacity.
@@ -130,6 +200,22 @@ def run_edit(fs: apply_lib.FittedScene, instruction: str, teacher=None, threshol
             r["before"]["rgb"][held], cap.images[held], m[held])
       rep["psnr_after_vs_before_outside_target"] = truth.psnr(
           r["after"]["rgb"], r["before"]["rgb"], outside)
+    if cmd.operation == "redirect" and sel.mask.any():
+      shift = np.asarray(edit.shift)[sel.mask][0]
+      rep.update(measure_redirect(r, truth.render_moved(ep, [i - 1 for i in ids], shift), cap,
+                                  ids, held))
+      rep["shift"] = shift.tolist()
+  if cmd.operation == "extract" and cap.instance is not None and ids:
+    near = _dilate(np.isin(cap.instance, ids))
+    on = np.isin(cap.instance, ids)
+    alpha = r["after"]["alpha"]
+    rep.update(extract_alpha_on_true_mask=float(alpha[on].mean()) if on.any() else None,
+               extract_alpha_outside_mask_dilated=float(alpha[~near].mean()),
+               extract_pixels_outside_alpha_gt_half=int((alpha[~near] > 0.5).sum()),
+               extract_psnr_on_mask_after_vs_before=truth.psnr(r["after"]["rgb"],
+                                                               r["before"]["rgb"], on),
+               extract_psnr_on_mask_after_vs_truth=truth.psnr(r["after"]["rgb"], cap.images, on),
+               extract_psnr_on_mask_before_vs_truth=truth.psnr(r["before"]["rgb"], cap.images, on))
   if cmd.operation == "recolour":
     sel_mask = r["sel_alpha"] > CHANGED
     changed = np.abs(r["after"]["rgb"] - r["before"]["rgb"]).max(-1) > CHANGED

@@ -22,6 +22,11 @@ teachers, both behind ``QueryTeacher.embed(target) -> (embeddings [Q, D], descri
   ClipQueryTeacher  embeds the query text itself with the CLIP text tower (any phrasing, no
                 vocabulary), for fits trained with a CLIP teacher; refuses a fit whose teacher
                 is not CLIP (different spaces).
+
+Both take ``negatives`` (phrases, e.g. ("background",)), embedded by the same teacher; selection
+then scores by relevancy against them (`edits.relevancy`) instead of plain cosine. Needed for
+the world CLIP's text tower, whose space is anisotropic (cosine 0.6-0.8 between "background"
+and the object descriptions: a cosine threshold of 0.5 selects every Gaussian).
 """
 from __future__ import annotations
 
@@ -57,12 +62,21 @@ def match(target: commands.Target, descriptions: Sequence[str]) -> list[int]:
   return out
 
 
-class WorldTeacher:
-  """Deterministic query teacher: the fit's teacher embedding of the matching descriptions."""
+def _negatives(embed: Embed, negatives: Sequence[str]) -> np.ndarray | None:
+  """[K, D] embeddings of the negative phrases (None when there are none)."""
+  negatives = [str(n) for n in negatives if str(n).strip()]
+  return np.asarray(embed(negatives), np.float32) if negatives else None
 
-  def __init__(self, descriptions: Sequence[str], embed: Embed):
+
+class WorldTeacher:
+  """Deterministic query teacher: the fit's teacher embedding of the matching descriptions.
+  ``negatives`` (phrases, e.g. ("background",)): `apply.select` then scores by relevancy
+  against them (`edits.relevancy`) instead of plain cosine."""
+
+  def __init__(self, descriptions: Sequence[str], embed: Embed, negatives: Sequence[str] = ()):
     self.descriptions = list(descriptions)
     self.table = np.asarray(embed(self.descriptions), np.float32)   # [num_ids, D]
+    self.negatives = _negatives(embed, negatives)
 
   def embed(self, target: commands.Target) -> tuple[np.ndarray, list[int]]:
     ids = match(target, self.descriptions)
@@ -77,11 +91,15 @@ class WorldTeacher:
 
 
 class ClipQueryTeacher:
-  """Embeds the query phrase with a CLIP text tower (``embed`` maps texts to [n, D])."""
+  """Embeds the query phrase with a CLIP text tower (``embed`` maps texts to [n, D]);
+  ``negatives`` as for WorldTeacher. The description ids it returns (by attribute match) only
+  label the measurements; the selection uses the embedding alone."""
 
-  def __init__(self, embed: Embed, descriptions: Sequence[str] = ()):
+  def __init__(self, embed: Embed, descriptions: Sequence[str] = (),
+               negatives: Sequence[str] = ()):
     self.fn = embed
     self.descriptions = list(descriptions)
+    self.negatives = _negatives(embed, negatives)
 
   def embed(self, target: commands.Target) -> tuple[np.ndarray, list[int]]:
     ids = match(target, self.descriptions) if self.descriptions else []
@@ -142,9 +160,11 @@ def clip_from_env(descriptions: Sequence[str]) -> np.ndarray:
   return clip_text_embedder(path)(list(descriptions))
 
 
-def query_teacher(fit_config, descriptions: Sequence[str], clip_checkpoint: str | None = None):
+def query_teacher(fit_config, descriptions: Sequence[str], clip_checkpoint: str | None = None,
+                  negatives: Sequence[str] = ()):
   """The query teacher for a fit (module docstring): CLIP when ``clip_checkpoint`` is given (the
-  fit must have a CLIP teacher), else the WorldTeacher over the fit's own teacher."""
+  fit must have a CLIP teacher), else the WorldTeacher over the fit's own teacher; with
+  ``negatives``, selection by relevancy against those phrases."""
   from mfm_jax.tasks import fit4d  # pylint: disable=g-import-not-at-top
   m = fit_config.model
   if clip_checkpoint:
@@ -153,5 +173,6 @@ def query_teacher(fit_config, descriptions: Sequence[str], clip_checkpoint: str 
                        f"{m.text_teacher!r} teacher, not CLIP; a CLIP query embedding lives in "
                        f"another space (refit with text_teacher="
                        f"'mfm_jax.world4d.teachers:clip_from_env', or drop the checkpoint)")
-    return ClipQueryTeacher(clip_text_embedder(clip_checkpoint), descriptions)
-  return WorldTeacher(descriptions, fit4d.make_text_teacher(m.text_teacher, int(m.text_dim)))
+    return ClipQueryTeacher(clip_text_embedder(clip_checkpoint), descriptions, negatives)
+  return WorldTeacher(descriptions, fit4d.make_text_teacher(m.text_teacher, int(m.text_dim)),
+                      negatives)

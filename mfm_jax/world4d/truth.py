@@ -14,6 +14,9 @@ deletion does not change the others' motion, whereas the physics twin of
 removed object touched them. Note: its shadow goes too (the world renders hard shadows), which
 a deletion of the object's Gaussians cannot undo (the shadow is baked into floor Gaussians).
 
+``render_moved(ep, i, shift)``: the same frozen twin with object i pushed along ``shift`` (the
+truth of a redirect edit).
+
 ``gaussian_labels(means, ep, frame)``: the true instance of each Gaussian (0 = background,
 i + 1 = object i) from its position at one frame: inside object i's solid (sphere radius r,
 cube half-side r with its yaw, cylinder radius r and half-height r) grown by ``margin`` * r,
@@ -58,6 +61,46 @@ def render_without(ep, objects) -> dict:
   views = [annotate.render_view(scene, tr) for tr in ep.tracks]
   rgb = np.concatenate([v["rgb"] for v in views]).astype(np.float32) / 255.0
   return dict(rgb=rgb, instance=np.concatenate([v["instance"] for v in views]).astype(np.int32))
+
+
+def render_moved(ep, objects, shift) -> dict:
+  """Frozen-trajectory twin with the given object(s) displaced by ``s * shift`` at clip-time
+  fraction s = f / (T - 1) (the redirect of `world4d.edits`: a straight push from frame 0 added
+  to the simulated trajectory; the others and the cameras unchanged; nothing re-simulated, so
+  objects may overlap) -> rgb [V T, H, W, 3] in [0, 1], instance [V T, H, W] int32, view-major.
+  ``shift``: [3] world-frame displacement at the last frame."""
+  from mfm_jax.data.world import annotate  # pylint: disable=g-import-not-at-top
+  sc = ep.scene
+  shift = np.asarray(shift, np.float32)
+  if shift.shape != (3,) or not np.isfinite(shift).all():
+    raise ValueError(f"render_moved: shift must be 3 finite floats, got {shift.tolist()}")
+  pos = sc.positions.copy()
+  frac = np.arange(pos.shape[0], dtype=np.float32) / max(pos.shape[0] - 1, 1)
+  for i in np.atleast_1d(objects):
+    if not 0 <= i < sc.objects.mask.shape[0] or not sc.objects.mask[i]:
+      raise ValueError(f"render_moved: object {i} is not in the scene (objects "
+                       f"{np.flatnonzero(sc.objects.mask).tolist()})")
+    pos[:, i] += frac[:, None] * shift
+  scene = dataclasses.replace(sc, positions=pos)
+  views = [annotate.render_view(scene, tr) for tr in ep.tracks]
+  rgb = np.concatenate([v["rgb"] for v in views]).astype(np.float32) / 255.0
+  return dict(rgb=rgb, instance=np.concatenate([v["instance"] for v in views]).astype(np.int32))
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+  """Intersection over union of two boolean masks (nan when both are empty)."""
+  union = int(np.sum(a | b))
+  return float(np.sum(a & b)) / union if union else float("nan")
+
+
+def centroids(mask: np.ndarray) -> np.ndarray:
+  """[M, 2] (row, column) centroid of each [M, H, W] boolean mask; nan where empty."""
+  m = mask.astype(np.float64)
+  area = m.sum((1, 2))
+  rows = np.arange(mask.shape[1], dtype=np.float64)
+  cols = np.arange(mask.shape[2], dtype=np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.stack([(m.sum(2) * rows).sum(1) / area, (m.sum(1) * cols).sum(1) / area], -1)
 
 
 def solid_distance(means: np.ndarray, ep, i: int, frame: int = 0) -> np.ndarray:

@@ -90,3 +90,31 @@ def test_redirect_moves_the_selected_object_over_time():
   assert centre_x > W / 2 - 0.5 + 2    # the image's mass moved right of the blue-red midpoint
   with pytest.raises(ValueError, match="resolve the target"):
     edits.apply(g, commands.parse("move the red object towards the blue cube"), sel)
+
+
+def test_relevancy_separates_where_a_cosine_threshold_cannot():
+  # An anisotropic teacher space: every phrase shares a big common direction (as in the small
+  # CLIP text tower, where "background" and the object descriptions have cosines 0.6-0.8).
+  common = np.array([1.0, 0.0, 0.0, 0.0])
+  purple = common + 0.5 * np.array([0, 1.0, 0, 0])
+  orange = common + 0.5 * np.array([0, 0, 1.0, 0])
+  background = common + 0.3 * np.array([0, 0, 0, 1.0])
+  decoded = jnp.asarray(np.stack([purple, orange, background]), jnp.float32)
+  query = jnp.asarray(purple + 0.2 * np.array([0, 0, 0.0, 1.0]), jnp.float32)  # off the target
+  cos = np.asarray(decoded / jnp.linalg.norm(decoded, axis=-1, keepdims=True)) @ (
+      np.asarray(query) / np.linalg.norm(query))
+  assert cos.min() > 0.75                           # no threshold in [0.5, 0.75] separates them
+  neg = jnp.asarray(background[None], jnp.float32)
+  rel = np.asarray(edits.relevancy(decoded, query, neg))
+  assert rel[0] > 0.5 > max(rel[1], rel[2]), rel
+  # The pairwise form: sigmoid of (cos to query - max cos to a negative) / temperature.
+  unit = lambda x: np.asarray(x) / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+  margin = unit(decoded) @ unit(query) - (unit(decoded) @ unit(neg).T).max(-1)
+  np.testing.assert_allclose(rel, 1.0 / (1.0 + np.exp(-margin / 0.1)), rtol=1e-5)
+  # More negatives can only lower the score.
+  two = jnp.concatenate([neg, jnp.asarray(orange[None], jnp.float32)])
+  assert (np.asarray(edits.relevancy(decoded, query, two)) <= rel + 1e-7).all()
+  with pytest.raises(ValueError, match=r"negatives \[K>=1, E\]"):
+    edits.relevancy(decoded, query, jnp.zeros((0, 4)))
+  with pytest.raises(ValueError, match="relevancy"):
+    edits.relevancy(decoded, query[:3], neg)
