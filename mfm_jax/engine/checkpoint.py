@@ -130,7 +130,7 @@ def read_latest_state(directory: str) -> tuple[int, Any]:
 
 
 def load_params(path: str, abstract_params: Any, shardings: Any, fresh: Any = None,
-                fallback: Any = None) -> Any:
+                fallback: Any = None, ema: bool = False) -> Any:
   """Loads only ``params`` from a checkpoint (``config.init_from``) and shards them.
 
   ``path``: a checkpoint folder (newest step is taken) or one step's folder. The stored tree is
@@ -138,7 +138,8 @@ def load_params(path: str, abstract_params: Any, shardings: Any, fresh: Any = No
   ``tools/convert_checkpoint.py``). Every leaf is checked against ``abstract_params``; missing,
   extra or mis-shaped leaves fail naming them. ``fresh`` (a bool tree like ``abstract_params``,
   from ``Task.init_from_fresh``) marks leaves the checkpoint may lack (a new head, adapters):
-  those take their value from ``fallback`` (the initialised params) when absent.
+  those take their value from ``fallback`` (the initialised params) when absent. ``ema``: take
+  the TrainState's ``ema_params`` instead (``config.init_from_ema``; an error if it has none).
   """
   path = os.path.abspath(path)
   item = os.path.join(path, "state")
@@ -149,7 +150,14 @@ def load_params(path: str, abstract_params: Any, shardings: Any, fresh: Any = No
       raise FileNotFoundError(f"config.init_from={path}: no checkpoint found")
     item = os.path.join(path, str(step), "state")
   tree = read_item(item)
-  params = tree["params"] if isinstance(tree, dict) and "params" in tree and "opt_state" in tree else tree
+  is_state = isinstance(tree, dict) and "params" in tree and "opt_state" in tree
+  if ema:
+    if not is_state or tree.get("ema_params") is None:
+      raise ValueError(f"config.init_from_ema: {item} holds no EMA params (a run without "
+                       f"config.optimizer.ema_decay, or a bare params tree)")
+    params = tree["ema_params"]
+  else:
+    params = tree["params"] if is_state else tree
   return match_and_shard(params, abstract_params, shardings, source=item, fresh=fresh,
                          fallback=fallback)
 

@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.peak_flops_per_device = 0.0      # 0: datasheet table, else a measured matmul rate
   c.resume_from = ""                 # another run's checkpoints/ folder (full state + data)
   c.init_from = ""                   # a checkpoint to take params from
+  c.init_from_ema = False            # ... its EMA params instead (e.g. a generator's sampling weights)
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, max_to_keep=3, async_save=True))
   c.mesh = ml_collections.ConfigDict(dict(
       axes=dict(data=-1, fsdp=1, context=1, tensor=1),

@@ -160,7 +160,8 @@ def restore_or_init(config, task, tx, rng, mesh, rules, ckpt, data_iter):
     abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params)
     params = ckpt_lib.load_params(config.init_from, abstract_params, shardings.params,
                                   fresh=task.init_from_fresh(abstract_params),
-                                  fallback=state.params)
+                                  fallback=state.params,
+                                  ema=bool(config.get("init_from_ema", False)))
     if type(task).after_init_from is not Task.after_init_from:
       params = jax.jit(task.after_init_from, out_shardings=shardings.params)(params)
     state = state.replace(params=params, ema_params=params if ema else None)

@@ -189,3 +189,30 @@ def test_trainable_mask_freezes_params():
   for _ in range(3):
     upd, st = tx.update(grads, st, params)
   assert np.all(np.asarray(upd["b"]) == 0) and np.all(np.asarray(upd["a"]) != 0)
+
+
+
+def test_init_from_takes_params_or_ema_params(tmp_path):
+  src = _config(steps=4)
+  src.optimizer.ema_decay = 0.5
+  _run(src, tmp_path / "src")
+  saved = _params(tmp_path / "src")
+  assert max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(saved["params"]), jax.tree.leaves(saved["ema_params"]))) > 1e-6
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), saved["params"])
+  mesh = mesh_lib.make_mesh({"data": 8})
+  shardings = jax.tree.map(lambda _: mesh_lib.replicated(mesh), abstract)
+  for ema, key in ((False, "params"), (True, "ema_params")):
+    got = ckpt_lib.load_params(str(tmp_path / "src" / "checkpoints"), abstract, shardings, ema=ema)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), y), got, saved[key])
+  # The trainer passes config.init_from_ema through.
+  c = _config(steps=4)
+  c.init_from, c.init_from_ema = str(tmp_path / "src" / "checkpoints"), True
+  c.optimizer.lr = 0.0
+  _run(c, tmp_path / "dst")
+  jax.tree.map(np.testing.assert_array_equal, _params(tmp_path / "dst")["params"],
+               saved["ema_params"])
+  plain = _config(steps=2)
+  _run(plain, tmp_path / "plain")
+  with pytest.raises(ValueError, match="holds no EMA params"):
+    ckpt_lib.load_params(str(tmp_path / "plain" / "checkpoints"), abstract, shardings, ema=True)
