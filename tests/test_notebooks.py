@@ -14,11 +14,15 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses compile without LLVM optimisation (as tests/models/test_dit.py's FAST options):
+# a third less CPU per smoke run; every number compared here comes from runs with the same flags.
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 NOTEBOOKS = ("quickstart", "encoder_kadaptation", "benchmarks", "world4d_edit")
 
 
 def _run(name, out, monkeypatch):
   monkeypatch.setenv("MFM_JAX_SMOKE", "1")
+  monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_XLA}")
   monkeypatch.setenv("MFM_JAX_NOTEBOOK_OUT", str(out))
   monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   nb = nbformat.read(os.path.join(ROOT, "experiments", f"{name}.ipynb"), as_version=4)
