@@ -14,7 +14,15 @@ the conditioning clips at steps 800, 1,600 and 2,400 (RESULTS.md). ``frames=8`` 
       --config.total_steps=2000 --config.diffusion.objective=v_prediction
 
 Arg words (comma-separated): ``smoke``, ``b``, ``xl`` presets; ``variant=S/2``, ``res=32``,
-``frames=8``, ``steps=N``, ``batch=N``.
+``frames=8``, ``steps=N``, ``batch=N``; ``unet`` (the 3-D U-Net backbone instead of the DiT);
+``latent`` with ``vae=PATH`` (train and sample in the latent space of a frozen ``autoencoder``
+run, e.g. one of ``configs/vae.py``; a diffusers SD VAE folder goes in
+``--config.latent.vae_hf`` instead). Neither word changes the default job's config.
+
+  python -m mfm_jax.train --config configs/video_gen.py:unet --workdir /tmp/video_unet
+  python -m mfm_jax.train --config configs/vae.py --workdir /tmp/vae
+  python -m mfm_jax.train --config configs/video_gen.py:latent,vae=/tmp/vae --workdir /tmp/v_lat
+  python -m mfm_jax.train --config configs/video_gen.py:latent,unet,vae=/tmp/vae --workdir /tmp/vlu
 """
 import ml_collections
 
@@ -23,7 +31,7 @@ from mfm_jax.engine.config import base_config, parse_arg
 
 def get_config(arg=None):
   a = parse_arg(arg, smoke=False, b=False, xl=False, variant="XS/4", res=32, frames=4,
-                steps=0, batch=0)
+                steps=0, batch=0, unet=False, latent=False, vae="")
   c = base_config()
   c.task = "video_diffusion"
   c.seed = 0
@@ -101,6 +109,27 @@ def get_config(arg=None):
     c.mesh.axes = dict(data=1, fsdp=-1, context=1, tensor=4)
     c.optimizer.lr, c.optimizer.warmup_steps = 1e-4, 5000
     c.eval_every, c.checkpoint.every = 10_000, 5000
+  if a.unet:   # 3-D U-Net, FLOP-matched to the XS/4 DiT (0.33 vs 0.32 GFLOP per clip forward)
+    c.model.backbone = "unet"
+    c.model.unet = ml_collections.ConfigDict(dict(
+        variant="XS", block_out_channels=(8, 16, 32, 64), layers_per_block=1, num_heads=4,
+        attention_levels=(False, False, False, True), transformer_depth=1, norm_groups=4,
+        temporal=True))   # empty / 0 fields: from the variant table (models/unet3d.py)
+    if a.latent:   # latents are 8 x 8: the XS table entry, attention at full latent resolution
+      c.model.unet.block_out_channels, c.model.unet.attention_levels = (32, 64), (True, False)
+      c.model.unet.norm_groups = 8
+    if a.smoke:
+      c.model.unet.block_out_channels, c.model.unet.attention_levels = (8, 16), (False, True)
+      c.model.unet.norm_groups, c.model.unet.num_heads = 4, 2
+  if a.latent:  # frozen autoencoder; latents [T, H/4, W/4, 4] with configs/vae.py's default
+    c.latent = ml_collections.ConfigDict(dict(
+        vae_workdir=a.vae,      # an `autoencoder` run (its newest checkpoint)
+        vae_hf="",              # or a diffusers AutoencoderKL folder (convert/sd_vae.py)
+        hf_temporal=False,      # vae_hf only: add the temporal x2 pair (at its init)
+        scale_factor=0.0,       # 0: 1 / std of the train latents; < 0: the autoencoder's own
+        scale_examples=64,
+        posterior="sample"))    # what the train step encodes: sample (LDM) | mean
+    c.model.variant = "XS/1"    # (2, 1, 1) latent tubelets: the pixel default's 128 tokens
   if a.variant != "XS/4":
     c.model.variant = a.variant
   if a.steps:

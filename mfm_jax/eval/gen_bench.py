@@ -62,7 +62,8 @@ def _sample(task, params, ids, mask, seed: int, batch: int) -> np.ndarray:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   n = len(ids)
-  noise = np.asarray(jax.random.normal(jax.random.key(seed), (n,) + task.video_shape))
+  shape = getattr(task, "model_shape", task.video_shape)   # latents for a latent-space model
+  noise = np.asarray(jax.random.normal(jax.random.key(seed), (n,) + shape))
   out = []
   for s in range(0, n, batch):
     sl = [a[s:s + batch] for a in (ids, mask, noise)]

@@ -202,3 +202,87 @@ class UNet3D(nn.Module):
 def num_params(params: Any) -> int:
   """Total number of parameters in a (possibly boxed) parameter tree."""
   return sum(math.prod(a.shape) for a in jax.tree.leaves(nn.meta.unbox(params)))
+
+
+def _taps(n: int, kernel: int, stride: int) -> int:
+  """Multiply-adds along one axis of a conv with padding (kernel - 1) // 2 over an input of n,
+  the zero padding excluded (as XLA counts): sum over outputs of the in-range taps."""
+  pad = (kernel - 1) // 2
+  out = (n + 2 * pad - kernel) // stride + 1
+  return sum(1 for o in range(out) for j in range(kernel) if 0 <= o * stride - pad + j < n)
+
+
+def flops_per_example(*, video_shape: Sequence[int], block_out_channels: Sequence[int],
+                      layers_per_block: int, attention_levels: Sequence[bool],
+                      out_channels: int, text_len: int = 0, text_dim: int = 0,
+                      transformer_depth: int | Sequence[int] = 1, temporal: bool = True,
+                      ff_mult: int = 4, **unused_model_args) -> int:
+  """Analytic forward FLOPs (2 per multiply-add) of convolutions and matmuls for one example.
+
+  Counts convs (3x3 with their zero padding excluded, 1x1 shortcuts, down / up samplers), every
+  Dense (time MLP and projections, transformer q/k/v/out, GEGLU), attention scores and values,
+  the temporal convs (padding frames included: a concatenation, not a conv) and temporal
+  attention. Norms, activations and softmax are not counted (XLA's count adds them). A train
+  step is ~3x this.
+
+  Args:
+    video_shape: (T, H, W, C) of one input (pixels or latents).
+    block_out_channels, layers_per_block, attention_levels, transformer_depth, out_channels,
+      temporal: as in ``UNet3D``; other model args (num_heads, norm_groups, remat_policy, dtype,
+      ...) do not change the count and are accepted and ignored.
+    text_len, text_dim: Lt and Dt of the text tokens for cross-attention.
+  """
+  del unused_model_args
+  frames, hh, ww, cin = video_shape
+  chans = tuple(block_out_channels)
+  levels = len(chans)
+  attn = _per_level(attention_levels, levels, "attention_levels")
+  depth = _per_level(transformer_depth, levels, "transformer_depth")
+  temb = 4 * chans[0]
+  sizes = [(-(-hh // 2 ** i), -(-ww // 2 ** i)) for i in range(levels)]
+
+  def conv(size, k, ci, co, stride=1):   # per frame; size = the input's (h, w)
+    return 2 * _taps(size[0], k, stride) * _taps(size[1], k, stride) * ci * co
+
+  def resnet(size, ci, co):
+    f = conv(size, 3, ci, co) + conv(size, 3, co, co) + 2 * temb * co
+    return f + (conv(size, 1, ci, co) if ci != co else 0)
+
+  def transformer(size, c, n):
+    hw = size[0] * size[1]
+    block = 2 * hw * c * c * 4 + 4 * hw * hw * c                    # self-attention
+    block += 2 * hw * c * c * 2 + 2 * text_len * text_dim * c * 2   # cross q, out; k, v of text
+    block += 4 * hw * text_len * c
+    block += 2 * hw * c * 2 * ff_mult * c + 2 * hw * ff_mult * c * c   # GEGLU
+    return 2 * hw * c * c * 2 + n * block                           # proj_in / proj_out
+
+  def temporal_layers(size, c, with_attn):
+    if not temporal:
+      return 0
+    hw = size[0] * size[1]
+    f = 2 * hw * 3 * c * c                                          # temporal conv, per frame
+    return f + (2 * hw * c * c * 4 + 4 * hw * frames * c if with_attn else 0)
+
+  def stage(size, ci, co, level_attn, n):
+    f = resnet(size, ci, co) + temporal_layers(size, co, level_attn)
+    return f + (transformer(size, co, n) if level_attn else 0)
+
+  per_frame = conv(sizes[0], 3, cin, chans[0])
+  skips, cur = [chans[0]], chans[0]
+  for i in range(levels):
+    for _ in range(layers_per_block):
+      per_frame += stage(sizes[i], cur, chans[i], attn[i], depth[i])
+      cur = chans[i]
+      skips.append(cur)
+    if i < levels - 1:
+      per_frame += conv(sizes[i], 3, cur, cur, stride=2)
+      skips.append(cur)
+  per_frame += stage(sizes[-1], cur, cur, True, depth[-1]) + stage(sizes[-1], cur, cur, False, 0)
+  for i in reversed(range(levels)):
+    for _ in range(layers_per_block + 1):
+      per_frame += stage(sizes[i], cur + skips.pop(), chans[i], attn[i], depth[i])
+      cur = chans[i]
+    if i > 0:
+      per_frame += conv((2 * sizes[i][0], 2 * sizes[i][1]), 3, cur, cur)
+  per_frame += conv(sizes[0], 3, cur, out_channels)
+  return int(frames * per_frame + 2 * (chans[0] * temb + temb * temb))
