@@ -66,9 +66,11 @@ class DiTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, c: jax.Array, text: jax.Array | None,
-               text_mask: jax.Array | None, text_values: jax.Array | None = None):
+               text_mask: jax.Array | None, text_values: jax.Array | None = None,
+               control: jax.Array | None = None):
     """x: [B, L, D]; c: [B, D]; text: [B, Lt, D]; text_mask: [B, Lt] bool; text_values:
-    [B, Lt, D] values of the cross-attention (None = ``text``) -> [B, L, D]."""
+    [B, Lt, D] values of the cross-attention (None = ``text``); control: [B, L, D] residual
+    tokens added to the block's output (a control branch; None = none) -> [B, L, D]."""
     b, l, d = x.shape
     t, h, w = self.grid
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -104,6 +106,8 @@ class DiTBlock(nn.Module):
     shift, scale, gate = mods[-3:]
     y = layers.modulate(norm("norm_mlp")(x), shift, scale)
     x = x + gate * layers.Mlp(int(d * self.mlp_ratio), flat=self.flat, name="mlp", **kw)(y)
+    if control is not None:
+      x = x + control.astype(x.dtype)
     x = layers.constrain(x, ("batch", "length", "embed"))
     return (x, None) if self.scanned else x
 
@@ -150,7 +154,8 @@ class VideoDiT(nn.Module):
                text_mask: jax.Array | None = None,
                pooled: jax.Array | None = None,
                motion_level: jax.Array | None = None,
-               text_values: jax.Array | None = None) -> jax.Array:
+               text_values: jax.Array | None = None,
+               control: jax.Array | None = None) -> jax.Array:
     """Predicts the diffusion target.
 
     Args:
@@ -163,6 +168,8 @@ class VideoDiT(nn.Module):
       text_values: [B, S, Lt, Dt] S token sequences aligned with ``text`` whose projections,
         averaged over S, are the cross-attention values while the keys come from ``text``
         (StructureDiffusion); None = plain cross-attention.
+      control: [depth, B, L, D] residual tokens added after each block (L = T'*H'*W' tokens of
+        ``x``), e.g. a control branch's outputs (``models/control.py``); None = no control.
 
     Returns:
       [B, T, H, W, out_channels] float32.
@@ -205,19 +212,24 @@ class VideoDiT(nn.Module):
         vals = text_proj(text_values).mean(axis=1)   # linear maps after: mean of outputs
         vals = layers.constrain(vals, ("batch", "length", "embed"))
 
+    if control is not None and control.shape != (self.depth,) + tok.shape:
+      raise ValueError(f"control must be [depth, B, L, D] = {(self.depth,) + tok.shape}, got "
+                       f"{control.shape}")
     block_kw = dict(num_heads=self.num_heads, grid=grid, mlp_ratio=self.mlp_ratio,
                     attention=self.attention, cross_attention=self.cross_attention,
                     flat=self.flat, cross_peft=self.cross_peft, **kw)
     if self.scan_blocks:
       block = layers.remat(DiTBlock, self.remat_policy, prevent_cse=False)
+      extra = () if control is None else (control,)   # scanned over its leading depth axis
       stack = nn.scan(block, variable_axes={"params": 0, "intermediates": 0, "attn_logits": 0},
-                      split_rngs={"params": True}, in_axes=(nn.broadcast,) * 4,
+                      split_rngs={"params": True}, in_axes=(nn.broadcast,) * 4 + (0,) * len(extra),
                       length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
-      tok, _ = stack(scanned=True, name="blocks", **block_kw)(tok, c, ctx, mask, vals)
+      tok, _ = stack(scanned=True, name="blocks", **block_kw)(tok, c, ctx, mask, vals, *extra)
     else:
       block = layers.remat(DiTBlock, self.remat_policy)
       for i in range(self.depth):
-        tok = block(name=f"block_{i}", **block_kw)(tok, c, ctx, mask, vals)
+        extra = () if control is None else (control[i],)
+        tok = block(name=f"block_{i}", **block_kw)(tok, c, ctx, mask, vals, *extra)
 
     shift, scale = layers.AdaLNModulation(2, d, name="final_adaln", **kw)(c)
     y = layers.modulate(layers.LayerNorm(use_scale=False, use_bias=False, name="final_norm",

@@ -16,6 +16,8 @@ _REGISTRY = {
     "autoencoder": "mfm_jax.tasks.autoencoder:AutoencoderTask",
     "compositional": "mfm_jax.tasks.compositional:CompositionalTask",
     "prompt_learning": "mfm_jax.tasks.prompt_learning:PromptLearningTask",
+    "discffusion": "mfm_jax.tasks.discffusion:DiscffusionTask",
+    "flex_control": "mfm_jax.tasks.flex_control:FlexControlTask",
 }
 
 
