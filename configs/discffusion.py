@@ -22,26 +22,16 @@ sampling and evaluation use (the RESULTS numbers start from them).
 Arg words: ``smoke``; ``zero_shot`` (one no-op step at lr 0, then the evaluation: LoRA's B factor
 is zero, so this is the untrained score); ``steps=N``; ``bank=K``.
 """
-import importlib.util
-import os
 
 import ml_collections
 
 from mfm_jax.data import compositional
-from mfm_jax.engine.config import parse_arg
-
-
-def _video_gen_config(arg):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "video_gen.py")
-  spec = importlib.util.spec_from_file_location("_discffusion_video_gen", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+from mfm_jax.engine.config import parse_arg, sibling_config
 
 
 def get_config(arg=None):
   a = parse_arg(arg, smoke=False, zero_shot=False, steps=0, bank=4)
-  c = _video_gen_config("smoke" if a.smoke else None)
+  c = sibling_config(__file__, "video_gen").get_config("smoke" if a.smoke else None)
   c.task = "discffusion"
   c.total_steps = 300
   c.batch_size = 8

@@ -15,27 +15,18 @@ Arg words: those of ``configs/video_gen.py`` (``smoke``, ``variant=``, ``res=``,
 ``steps=``, ``batch=``) plus ``baseline`` (``control.mode="separate"``: one full branch per
 condition, the same config otherwise).
 """
-import importlib.util
-import os
 
 import ml_collections
 
-from mfm_jax.engine.config import parse_arg
-
-
-def _video_gen():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "video_gen.py")
-  spec = importlib.util.spec_from_file_location("_video_gen_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+from mfm_jax.engine.config import parse_arg, sibling_config
 
 
 def get_config(arg=None):
   words = [w.strip() for w in (arg or "").split(",") if w.strip()]
   mine = [w for w in words if w in ("baseline", "flex")]
   a = parse_arg(",".join(mine), baseline=False, flex=False)
-  c = _video_gen().get_config(",".join(w for w in words if w not in mine))
+  video_gen = sibling_config(__file__, "video_gen")
+  c = video_gen.get_config(",".join(w for w in words if w not in mine))
   c.task = "flex_control"
   c.total_steps = 240                    # ~12 min on 2 shared CPU cores (RESULTS.md)
   c.batch_size = 8

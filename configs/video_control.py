@@ -12,27 +12,18 @@ Motion level edges (``motion.edges``): empty = the quantiles of the ground-truth
 (``data.motion.centers_motion``) of the first ``motion.edge_examples`` train clips, computed at
 task construction (deterministic); or set them, e.g. ``--config.motion.edges="(0.01, 0.02, 0.03)"``.
 """
-import importlib.util
-import os
 
 import ml_collections
 
-from mfm_jax.engine.config import parse_arg
-
-
-def _video_gen():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "video_gen.py")
-  spec = importlib.util.spec_from_file_location("_video_gen_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+from mfm_jax.engine.config import parse_arg, sibling_config
 
 
 def get_config(arg=None):
   words = [w for w in (arg or "").split(",") if w.strip()]
   mine = [w for w in words if w.strip().startswith("levels")]
   a = parse_arg(",".join(mine), levels=4)
-  c = _video_gen().get_config(",".join(w for w in words if w not in mine))
+  video_gen = sibling_config(__file__, "video_gen")
+  c = video_gen.get_config(",".join(w for w in words if w not in mine))
   c.task = "video_control"
   c.model.motion_levels = a.levels
   c.motion = ml_collections.ConfigDict(dict(edges=(), edge_examples=256))

@@ -6,12 +6,27 @@ typed values (a bare word is a True flag). Unknown words are errors that name th
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
 
 from mfm_jax.engine import mesh as mesh_lib
 from mfm_jax.engine import optim
+
+
+def sibling_config(config_file: str, name: str):
+  """The config module ``name`` (e.g. ``"video_gen"``) from the folder of ``config_file`` (a
+  config's ``__file__``), loaded by path: config files are not a package, and a family that
+  extends another (``video_control`` extends ``video_gen``) needs its ``get_config``."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"sibling_config: no config {path}")
+  spec = importlib.util.spec_from_file_location(f"_mfm_jax_config_{name}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -53,7 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.peak_flops_per_device = 0.0      # 0: datasheet table, else a measured matmul rate
   c.resume_from = ""                 # another run's checkpoints/ folder (full state + data)
   c.init_from = ""                   # a checkpoint to take params from
-  c.init_from_ema = False            # ... its EMA params instead (e.g. a generator's sampling weights)
+  c.init_from_ema = False            # ... its EMA params instead (a generator samples with them)
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, max_to_keep=3, async_save=True))
   c.mesh = ml_collections.ConfigDict(dict(
       axes=dict(data=-1, fsdp=1, context=1, tensor=1),
