@@ -91,6 +91,27 @@ def test_latent_task_shapes_scale_and_inputs(vae_run):
   assert vid.shape == (1, 4, 16, 16, 3) and float(jnp.abs(vid).max()) <= 1.0
 
 
+def test_latent_unet_backbone(vae_run):
+  """``:latent,unet``: the U-Net sees the latents and predicts latent channels; the autoencoder
+  gets no gradient; samples decode to pixels."""
+  vae_dir, _, _ = vae_run
+  c = _latent_config(vae_dir, "smoke,latent,unet")
+  task = tasks.get(c.task)(c)
+  assert task.model_shape == (4, 8, 8, 4) and task.unet.out_channels == 4
+  params = nn.meta.unbox(jit(task.init)(jax.random.key(0)))
+  assert set(params) == {"text", "unet", "vae"}
+  batch = next(task.make_iterator("train", 2, 0, 0, 1))
+  loss, grads = jit(jax.value_and_grad(lambda p: task.loss(p, batch, jax.random.key(2))[0]))(
+      params)
+  assert np.isfinite(float(loss))
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["vae"]))
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads["unet"])) > 0
+  ids, tmask = task.tokenizer.encode(["a red cube"])
+  vid = task.sample(params, jnp.asarray(ids), jnp.asarray(tmask),
+                    jax.random.normal(jax.random.key(0), (1,) + task.model_shape))
+  assert vid.shape == (1, 4, 16, 16, 3)
+
+
 @pytest.mark.slow
 def test_latent_smoke_trains_and_evaluates(vae_run, tmp_path):
   """Through the engine: the optimizer's mask keeps the autoencoder fixed; evaluation samples
