@@ -25,7 +25,6 @@ is zero, so this is the untrained score); ``steps=N``; ``bank=K``.
 
 import ml_collections
 
-from mfm_jax.data import compositional
 from mfm_jax.engine.config import parse_arg, sibling_config
 
 
@@ -46,6 +45,7 @@ def get_config(arg=None):
   c.init_from_ema = True                # ... its EMA params (video_gen samples with them)
   c.eval = ml_collections.ConfigDict(dict(batch_size=16))
 
+  comclip = sibling_config(__file__, "comclip").get_config(None).comclip
   c.discffusion = ml_collections.ConfigDict(dict(
       bank_size=a.bank, bank_seed=0,      # the fixed noise bank: K timesteps and K noises
       bank_range=(0.0, 1.0),              # noise levels (sigma for flow) at K bin midpoints
@@ -56,9 +56,9 @@ def get_config(arg=None):
       in_batch_negatives=1,               # rolled positives of other items as extra negatives
       calibrate=False,                    # subtract the caption's score on a null (grey) video
       eval_other=False,                   # also score another clip's caption (an easy negative)
-      item_set=dict(                      # as configs/comclip.py: the same evaluation items
-          frames_per_clip=4, triplets_per_frame=2, seed=0,
-          predicates=tuple(compositional.PREDICATES), min_pixels=4, with_size=True,
+      item_set=dict(                      # configs/comclip.py's: the same evaluation items
+          **{k: comclip[k] for k in ("frames_per_clip", "triplets_per_frame", "seed",
+                                     "predicates", "min_pixels", "with_size")},
           max_items=0,                    # validation cap (0 = all)
           max_train_items=3000)))         # train split cap (item building re-simulates clips)
 
